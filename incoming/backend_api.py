@@ -1,0 +1,168 @@
+"""
+The HTTP API that web app backends call: new_upload, cancel_upload,
+finish_upload.
+
+Parameters come from the query string or the form body (both as in 0.1).
+Every answer is text/plain: the value on 200, a message on an error.
+Status codes: 400 bad or missing parameter (including a malformed ticket
+id), 403 wrong backendSecret, 404 unknown ticket, 405 wrong method, 412 too
+late (cancel during or after the handover, finish when nothing waits).
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import urlsplit
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+from .registry import parse_ticket_id
+from .upload import REPLY_CANCEL, TooLate
+from .wire import ErrorCode
+
+TRUE_WORDS = {"1", "t", "true"}
+FALSE_WORDS = {"0", "f", "false"}
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status and a message for the backend's logs."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def text_response(request, status: int, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return text.encode("utf-8")
+
+
+class BackendCall(Resource):
+    """One POST-only function of the backend API."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, registry):
+        super().__init__()
+        self._registry = registry
+
+    def render(self, request):
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return text_response(
+                request, 405,
+                f"method {request.method.decode('latin-1')} not allowed; use POST\n",
+            )
+        try:
+            return text_response(request, 200, self.call(Params(request)))
+        except ApiError as e:
+            return text_response(request, e.status, f"{e}\n")
+
+    def call(self, params: Params) -> str:
+        raise NotImplementedError
+
+    def _authorized_upload(self, params: Params):
+        """The upload named by `id`, if `backendSecret` matches it."""
+        raw_id = params.required("id")
+        ticket_id = parse_ticket_id(raw_id)
+        if ticket_id is None:
+            raise ApiError(400, f"id {raw_id!r} is not an upload ticket id (a UUID)")
+        upload = self._registry.get(ticket_id)
+        if upload is None:
+            raise ApiError(404, f"no upload with id {ticket_id}")
+        given = params.optional("backendSecret", "").encode("utf-8")
+        if not hmac.compare_digest(given, upload.ticket.backend_secret.encode("utf-8")):
+            raise ApiError(403, "wrong backendSecret for this upload")
+        return upload
+
+
+class Params:
+    """Form values of a request, from the body or the query string."""
+
+    def __init__(self, request):
+        self._args = request.args
+
+    def optional(self, name: str, default: str) -> str:
+        values = self._args.get(name.encode("ascii"))
+        if not values:
+            return default
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, f"{name} is not valid UTF-8") from None
+
+    def required(self, name: str) -> str:
+        value = self.optional(name, "")
+        if not value:
+            raise ApiError(400, f"missing parameter {name}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.optional(name, "").strip().lower()
+        if not value:
+            return default
+        if value in TRUE_WORDS:
+            return True
+        if value in FALSE_WORDS:
+            return False
+        raise ApiError(400, f"{name} must be true or false, not {value!r}")
+
+
+def check_finish_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(400, f"signalFinishURL {url!r} is not an absolute http(s) URL")
+    return url
+
+
+class NewUpload(BackendCall):
+    """Issue a ticket; answer its id."""
+
+    def call(self, params):
+        url = check_finish_url(params.required("signalFinishURL"))
+        dest_type = params.optional("destType", "file")
+        if dest_type != "file":
+            raise ApiError(400, f"destType {dest_type!r} is not supported (only 'file')")
+        upload = self._registry.create(
+            signal_finish_url=url,
+            backend_secret=params.optional("backendSecret", ""),
+            remove_file_when_finished=params.boolean("removeFileWhenFinished", True),
+        )
+        return upload.ticket.id
+
+
+class CancelUpload(BackendCall):
+    """Cancel an upload that is not being handed over yet."""
+
+    def call(self, params):
+        upload = self._authorized_upload(params)
+        try:
+            upload.cancel("cancelled by the backend", ErrorCode.CANCELLED, REPLY_CANCEL)
+        except TooLate as e:
+            raise ApiError(412, str(e)) from None
+        return "ok"
+
+
+class FinishUpload(BackendCall):
+    """The backend is done with a file it answered wait for."""
+
+    def call(self, params):
+        upload = self._authorized_upload(params)
+        try:
+            upload.finish()
+        except TooLate as e:
+            raise ApiError(412, str(e)) from None
+        return "ok"
+
+
+def backend_api(registry) -> Resource:
+    """The /incoming/0.1/backend/ folder."""
+    folder = Resource()
+    folder.putChild(b"new_upload", NewUpload(registry))
+    folder.putChild(b"cancel_upload", CancelUpload(registry))
+    folder.putChild(b"finish_upload", FinishUpload(registry))
+    return folder

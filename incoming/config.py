@@ -1,0 +1,242 @@
+"""
+Server settings: defaults (those of the 0.1 server), the 0.1 YAML config
+file, and the checks that stop start-up on an impossible value.
+
+One table, `SETTINGS`, describes every tunable once: its command-line flag,
+its 0.1 YAML key, how to read it and what it means.  The twistd options
+(`incoming.tap`) and the config-file reader are both built from it, so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import attr
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting has a wrong type or an impossible value; the text names it."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Settings:
+    """Everything the server needs to know at start, with 0.1 defaults."""
+
+    listen: str = "tcp:4000"
+    storage_dir: str = "incoming-storage"
+    chunk_size_kb: int = 512
+    send_ahead: int = 4
+    idle_timeout: float = 12 * 3600.0
+    websocket_timeout: float = 58.0
+    handover_timeout: float = 55.0
+    handover_confirm_timeout: float = 600.0
+
+    @property
+    def chunk_size(self) -> int:
+        """Largest chunk in bytes; also the WebSocket frame limit."""
+        return self.chunk_size_kb * 1024
+
+
+# Upper bounds that keep one connection's buffer (one chunk) reasonable.
+MAX_CHUNK_SIZE_KB = 64 * 1024
+MAX_SEND_AHEAD = 1024
+
+
+def _integer(value, lo: int, hi: int) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{value!r} is not a whole number")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{value} is out of range ({lo} to {hi})")
+    return value
+
+
+def parse_chunk_size_kb(value) -> int:
+    return _integer(value, 1, MAX_CHUNK_SIZE_KB)
+
+
+def parse_send_ahead(value) -> int:
+    return _integer(value, 1, MAX_SEND_AHEAD)
+
+
+def parse_seconds(value) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{value!r} is not a number of seconds")
+    if not 0 < value < 10 * 365 * 86400 or value != value:
+        raise ConfigError(f"{value} seconds is not a positive duration")
+    return float(value)
+
+
+def parse_text(value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{value!r} is not a non-empty string")
+    return value.strip()
+
+
+def parse_listen(value) -> str:
+    """A bare port number becomes ``tcp:PORT``; anything else is an endpoint."""
+    text = str(value).strip() if isinstance(value, int) else parse_text(value)
+    if text.isdigit():
+        return f"tcp:{_integer(text, 0, 65535)}"
+    if ":" not in text:
+        raise ConfigError(f"{text!r} is neither a port number nor an endpoint")
+    return text
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Setting:
+    """One tunable: where it lives in Settings, on the command line, in YAML."""
+
+    field: str
+    flag: str
+    yaml_key: str | None
+    parse: object
+    help: str
+
+
+SETTINGS = [
+    Setting(
+        "listen",
+        "port",
+        None,
+        parse_listen,
+        "Where to listen: a port number or a Twisted endpoint string "
+        "(tcp:4000:interface=127.0.0.1, unix:/run/incoming.sock, "
+        "systemd:domain=INET:index=0). Config: IncomingIP, IncomingPort.",
+    ),
+    Setting(
+        "storage_dir",
+        "storage-dir",
+        "StorageDir",
+        parse_text,
+        "Folder for uploaded files; created if missing, never wiped.",
+    ),
+    Setting(
+        "chunk_size_kb",
+        "chunk-size",
+        "UploadChunkSizeKB",
+        parse_chunk_size_kb,
+        "Largest chunk a browser may send, in KiB (also the WebSocket frame "
+        "limit: the most one connection makes the server buffer).",
+    ),
+    Setting(
+        "send_ahead",
+        "send-ahead",
+        "UploadSendAhead",
+        parse_send_ahead,
+        "Chunks a browser may send before their acknowledgement.",
+    ),
+    Setting(
+        "idle_timeout",
+        "idle-timeout",
+        "UploadMaxIdleDurationS",
+        parse_seconds,
+        "Seconds without progress after which an upload is cancelled.",
+    ),
+    Setting(
+        "websocket_timeout",
+        "websocket-timeout",
+        "WebsocketConnectionTimeoutS",
+        parse_seconds,
+        "Seconds after which a silent WebSocket (no MsgUploadReq, or no "
+        "answer to pings) is closed; the upload stays resumable.",
+    ),
+    Setting(
+        "handover_timeout",
+        "handover-timeout",
+        "HandoverTimeoutS",
+        parse_seconds,
+        "Seconds the backend has to answer the handover POST.",
+    ),
+    Setting(
+        "handover_confirm_timeout",
+        "handover-confirm-timeout",
+        "HandoverConfirmTimeoutS",
+        parse_seconds,
+        "Seconds the backend has to call finish_upload after answering wait.",
+    ),
+]
+
+SETTING_BY_FIELD = {s.field: s for s in SETTINGS}
+YAML_KEYS = {s.yaml_key: s for s in SETTINGS if s.yaml_key} | {
+    "IncomingIP": None,
+    "IncomingPort": None,
+}
+
+
+def describe(field: str) -> str:
+    """How a user names a setting: its flag and, if any, its YAML key."""
+    s = SETTING_BY_FIELD[field]
+    return f"--{s.flag} ({s.yaml_key})" if s.yaml_key else f"--{s.flag}"
+
+
+def _listen_from_yaml(ip, port) -> str:
+    port_text = f"{_integer(port, 0, 65535)}" if port is not None else "4000"
+    if ip is None or ip in ("", "0.0.0.0"):
+        return f"tcp:{port_text}"
+    ip = parse_text(ip)
+    if ":" in ip:  # IPv6: endpoint strings escape colons
+        return "tcp6:{}:interface={}".format(port_text, ip.replace(":", r"\:"))
+    return f"tcp:{port_text}:interface={ip}"
+
+
+def read_yaml_config(text: str) -> dict:
+    """Parse a 0.1 incoming_cfg.yaml into a dict of Settings fields."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {e}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError("the config file must be a mapping of keys to values")
+    values = {}
+    for key, value in document.items():
+        if key not in YAML_KEYS:
+            known = ", ".join(sorted(YAML_KEYS))
+            raise ConfigError(f"unknown key {key!r} (known keys: {known})")
+        setting = YAML_KEYS[key]
+        if setting is None:
+            continue
+        try:
+            values[setting.field] = setting.parse(value)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    if "IncomingIP" in document or "IncomingPort" in document:
+        try:
+            values["listen"] = _listen_from_yaml(
+                document.get("IncomingIP"), document.get("IncomingPort")
+            )
+        except ConfigError as e:
+            raise ConfigError(f"IncomingIP/IncomingPort: {e}") from None
+    return values
+
+
+def check_consistency(settings: Settings) -> Settings:
+    """Refuse combinations that cannot work; return the settings unchanged."""
+    if settings.handover_timeout > settings.idle_timeout:
+        raise ConfigError(
+            f"{describe('handover_timeout')} {settings.handover_timeout:g} s is "
+            f"longer than {describe('idle_timeout')} {settings.idle_timeout:g} s"
+        )
+    if settings.handover_confirm_timeout > settings.idle_timeout:
+        raise ConfigError(
+            f"{describe('handover_confirm_timeout')} "
+            f"{settings.handover_confirm_timeout:g} s is longer than "
+            f"{describe('idle_timeout')} {settings.idle_timeout:g} s"
+        )
+    return settings
+
+
+def build_settings(config_values: dict, flag_values: dict) -> Settings:
+    """Defaults, then the config file, then the command line."""
+    return check_consistency(Settings(**{**config_values, **flag_values}))

@@ -1,0 +1,104 @@
+"""
+Calls to the web app backend's ``signalFinishURL``.
+
+The backend gets a form POST when a file is complete (answer ``done`` or
+``wait``) and when an upload is cancelled (answer ignored).  The HTTP client
+(treq, or treq's StubTreq in tests) and the clock are passed in.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.logger import Logger
+
+DONE = "done"
+WAIT = "wait"
+
+# An answer longer than this is not "done" or "wait" anyway.
+MAX_ANSWER_BYTES = 4096
+
+
+class HandoverFailed(Exception):
+    """The backend did not take the file; str() is the reason for the user."""
+
+
+class BackendClient:
+    """Sends the handover and cancellation POSTs of every upload."""
+
+    _log = Logger()
+
+    def __init__(self, http, clock, timeout: float):
+        self._http = http
+        self._clock = clock
+        self._timeout = timeout
+
+    def _post(self, url: str, fields: dict) -> Deferred:
+        """POST the form; fire with (status code, first bytes of the body)."""
+
+        @inlineCallbacks
+        def exchange():
+            response = yield self._http.post(url, data=fields)
+            body = yield response.content()
+            return response.code, body[:MAX_ANSWER_BYTES]
+
+        return exchange().addTimeout(self._timeout, self._clock)
+
+    @inlineCallbacks
+    def hand_over(self, ticket, path: str, browser_name: str):
+        """Offer the finished file; fire with DONE or WAIT, or HandoverFailed."""
+        fields = {
+            "id": ticket.id,
+            "backendSecret": ticket.backend_secret,
+            "filename": path,
+            "filenameFromBrowser": browser_name,
+            "cancelled": "no",
+            "cancelReason": "",
+        }
+        try:
+            code, body = yield self._post(ticket.signal_finish_url, fields)
+        except TimeoutError:
+            raise HandoverFailed(
+                f"backend did not answer the handover within {self._timeout:g} s"
+            ) from None
+        except Exception as e:
+            raise HandoverFailed(f"handover request failed: {_describe(e)}") from None
+        if code != 200:
+            raise HandoverFailed(f"backend answered the handover with HTTP {code}")
+        answer = body.lstrip()
+        if answer.startswith(DONE.encode()):
+            return DONE
+        if answer.startswith(WAIT.encode()):
+            return WAIT
+        raise HandoverFailed(
+            f"backend answered the handover with {answer[:40]!r}, not done or wait"
+        )
+
+    def report_cancel(self, ticket, browser_name: str, reason: str) -> Deferred:
+        """Tell the backend an upload was cancelled; failures are only logged."""
+        fields = {
+            "id": ticket.id,
+            "backendSecret": ticket.backend_secret,
+            "filename": "",
+            "filenameFromBrowser": browser_name,
+            "cancelled": "yes",
+            "cancelReason": reason,
+        }
+        d = self._post(ticket.signal_finish_url, fields)
+        d.addCallbacks(
+            lambda result: None,
+            lambda f: self._log.warn(
+                "upload {id}: backend was not told of the cancellation: {why}",
+                id=ticket.id,
+                why=_describe(f.value),
+            ),
+        )
+        return d
+
+
+def _describe(error: BaseException) -> str:
+    """A short text for errors whose str() is empty or a nested list."""
+    reasons = getattr(error, "reasons", None)  # treq/twisted ResponseFailed
+    if reasons:
+        return "; ".join(_describe(r.value) for r in reasons)
+    text = str(error) or type(error).__name__
+    return text

@@ -1,0 +1,108 @@
+"""
+``twistd incoming``: command-line options and the service they build.
+
+Settings come from the defaults (those of the 0.1 server), then the
+``--config`` file (a 0.1 ``incoming_cfg.yaml``), then the command line.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
+
+DEFAULTS = Settings()
+
+
+def _default_text(field: str) -> str:
+    value = getattr(DEFAULTS, field)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the Incoming!! upload server: backend API under "
+        "/incoming/0.1/backend/, WebSocket uploads at "
+        "/incoming/0.1/frontend/upload_ws.  Command-line options override "
+        "the --config file, which overrides the defaults."
+    )
+    optParameters = [
+        ["config", "c", None,
+         "Read settings from a 0.1 incoming_cfg.yaml (keys IncomingIP, "
+         "IncomingPort, StorageDir, UploadChunkSizeKB, UploadSendAhead, "
+         "UploadMaxIdleDurationS, WebsocketConnectionTimeoutS, "
+         "HandoverTimeoutS, HandoverConfirmTimeoutS). [default: none]"],
+    ] + [
+        [s.flag, None, None, f"{s.help} [default: {_default_text(s.field)}]"]
+        for s in SETTINGS
+    ]
+
+    def postOptions(self):
+        config_values = {}
+        if self["config"] is not None:
+            config_values = self._read_config(self["config"])
+        flag_values = {}
+        for setting in SETTINGS:
+            if self[setting.flag] is not None:
+                try:
+                    flag_values[setting.field] = setting.parse(self[setting.flag])
+                except ConfigError as e:
+                    raise usage.UsageError(f"--{setting.flag}: {e}") from None
+        try:
+            self.settings = build_settings(config_values, flag_values)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self._check_endpoint(self.settings.listen)
+        self._check_storage(self.settings.storage_dir)
+
+    @staticmethod
+    def _read_config(path: str) -> dict:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise usage.UsageError(f"cannot read config file {path}: {e}") from None
+        try:
+            return read_yaml_config(text)
+        except ConfigError as e:
+            raise usage.UsageError(f"config file {path}: {e}") from None
+
+    @staticmethod
+    def _check_endpoint(description: str) -> None:
+        # Parsing only stores the reactor; nothing listens yet.
+        try:
+            serverFromString(None, description)
+        except Exception as e:
+            raise usage.UsageError(f"--port {description!r}: {e}") from None
+
+    @staticmethod
+    def _check_storage(folder: str) -> None:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise usage.UsageError(f"--storage-dir (StorageDir) {folder!r}: {e.strerror}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise usage.UsageError(f"--storage-dir (StorageDir) {folder!r} is not writable")
+
+
+def makeService(config) -> MultiService:
+    from twisted.internet import reactor
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from .web import make_site
+
+    settings = config.settings
+    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+    site, _registry = make_site(settings, reactor, http)
+    service = MultiService()
+    StreamServerEndpointService(
+        serverFromString(reactor, settings.listen), site
+    ).setServiceParent(service)
+    return service

@@ -1,0 +1,549 @@
+"""
+The life of one upload, as a state machine (Automat).
+
+    created --connect--> uploading <--disconnect/pause--> paused
+    uploading --last byte stored--> handing_over --done--> finished
+                                    handing_over --wait--> waiting_for_finish
+                                    waiting_for_finish --finish_upload--> finished
+    created/paused/uploading --cancel, idle timeout, bad chunk--> cancelled
+    handing_over/waiting_for_finish --handover failed or timed out--> cancelled
+    finished/cancelled --after RETENTION seconds--> forgotten (cleaned up)
+
+A finished or cancelled upload is remembered for a while so that a browser
+that reconnects learns how it ended instead of "unknown upload".
+
+The public methods (`connect`, `receive`, `pause`, `cancel`, `finish`, ...)
+check the data they are given and feed inputs to the machine; the machine's
+outputs talk to the browser's channel, the storage folder and the backend.
+Time comes from the injected clock, HTTP from the injected backend client.
+"""
+
+from __future__ import annotations
+
+import attr
+from automat import MethodicalMachine
+from twisted.logger import Logger
+
+from .handover import DONE, HandoverFailed
+from .storage import StorageError, remove_quietly
+from .wire import ErrorCode
+
+# How long a finished or cancelled upload is remembered, in seconds.
+RETENTION = 3600.0
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Ticket:
+    """What the backend asked for in new_upload."""
+
+    id: str
+    signal_finish_url: str
+    backend_secret: str = attr.ib(repr=False, default="")
+    remove_file_when_finished: bool = True
+
+
+class TooLate(Exception):
+    """The upload is past the point where this request makes sense."""
+
+
+# How the browser is told about a cancellation.
+REPLY_ERROR = "error"  # MsgError(code, reason)
+REPLY_CANCEL = "cancel"  # MsgCancel(reason): the backend cancelled
+REPLY_CANCEL_ACK = "cancel-ack"  # MsgCancelAck: the browser asked for it
+
+
+class Upload:
+    """One ticket, from new_upload until it is forgotten."""
+
+    _machine = MethodicalMachine()
+    _log = Logger()
+
+    def __init__(self, ticket: Ticket, settings, storage, backend, clock, forget):
+        self.ticket = ticket
+        self._settings = settings
+        self._storage = storage
+        self._backend = backend
+        self._clock = clock
+        self._forget_me = forget
+        self.length: int | None = None
+        self.browser_name = ""
+        self.received = 0  # bytes stored in the file
+        self._file = None
+        self._channel = None
+        self.cancel_reason: str | None = None
+        self._idle_timer = clock.callLater(settings.idle_timeout, self._idle_expired)
+        self._confirm_timer = None
+        self._handover = None
+        self._path: str | None = None
+
+    @property
+    def state(self) -> str:
+        """Name of the machine's current state, for logs, status and tests."""
+        return self._state_name()
+
+    # ---- public API -------------------------------------------------------
+
+    def connect(self, channel, length: int, name: str) -> None:
+        """A browser's MsgUploadReq for this ticket."""
+        if self.length is None:
+            self.length, self.browser_name = length, name
+        elif length != self.length:
+            channel.fail(
+                ErrorCode.FILE_CHANGED,
+                f"file size {length} differs from the {self.length} bytes "
+                "announced when this upload started",
+            )
+            return
+        try:
+            self._connect(channel)
+        except StorageError as e:
+            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
+            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR)
+            return
+        self._complete_if_all_stored()
+
+    def disconnect(self, channel) -> None:
+        """The channel closed, for whatever reason."""
+        if channel is self._channel:
+            self._disconnect()
+
+    def receive(self, channel, data) -> None:
+        """A binary frame: one chunk of the file."""
+        if channel is not self._channel:
+            return
+        if len(data) > self._settings.chunk_size:
+            self._bad_chunk(
+                f"chunk of {len(data)} bytes is larger than the chunk size "
+                f"of {self._settings.chunk_size} bytes"
+            )
+            return
+        if self.received + len(data) > self.length:
+            self._bad_chunk(
+                f"chunk of {len(data)} bytes at {self.received} goes past the "
+                f"file size of {self.length} bytes"
+            )
+            return
+        try:
+            self._chunk(data)
+        except StorageError as e:
+            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
+            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR)
+            return
+        self._complete_if_all_stored()
+
+    def frame_too_large(self, channel, size: int) -> None:
+        """The WebSocket layer refused a frame above the chunk size."""
+        if channel is self._channel:
+            self._bad_chunk(
+                f"frame of {size} bytes is larger than the chunk size "
+                f"of {self._settings.chunk_size} bytes"
+            )
+
+    def pause(self, channel) -> None:
+        """MsgPause: keep what we have, expect a reconnect later."""
+        if channel is self._channel:
+            self._pause()
+
+    def cancel_from_browser(self, channel, reason: str, reply=REPLY_CANCEL_ACK) -> None:
+        """MsgCancel or MsgError from the browser."""
+        if channel is not self._channel:
+            return
+        try:
+            self.cancel(reason, ErrorCode.CANCELLED, reply)
+        except TooLate as e:
+            channel.fail(ErrorCode.TOO_LATE, str(e))
+
+    def cancel(self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL) -> None:
+        """Cancel unless the handover has begun (then raise TooLate)."""
+        if self.state in ("handing_over", "waiting_for_finish"):
+            raise TooLate("too late to cancel: the file is being handed over")
+        if self.state == "finished":
+            raise TooLate("too late to cancel: the upload is finished")
+        self._cancel(reason, code, reply)
+
+    def finish(self) -> None:
+        """finish_upload from the backend, after it answered wait."""
+        if self.state != "waiting_for_finish":
+            raise TooLate(f"nothing waits for finish_upload: the upload is {self.state}")
+        self._finish()
+
+    def _complete_if_all_stored(self) -> None:
+        if self.state == "uploading" and self.received == self.length:
+            try:
+                self._complete()
+            except StorageError as e:
+                self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
+                self._storage_failed_at_end(str(e))
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        self._cancel(
+            f"upload idle for more than {self._settings.idle_timeout:g} s",
+            ErrorCode.CANCELLED,
+            REPLY_ERROR,
+        )
+
+    # ---- states -----------------------------------------------------------
+
+    @_machine.state(initial=True, serialized="created")
+    def created(self):
+        "A ticket exists; no browser has connected yet."
+
+    @_machine.state(serialized="uploading")
+    def uploading(self):
+        "A browser is connected and sending chunks."
+
+    @_machine.state(serialized="paused")
+    def paused(self):
+        "Some bytes may be stored; no browser connected."
+
+    @_machine.state(serialized="handing_over")
+    def handing_over(self):
+        "The file is complete; the handover POST is running."
+
+    @_machine.state(serialized="waiting_for_finish")
+    def waiting_for_finish(self):
+        "The backend answered wait; finish_upload is due."
+
+    @_machine.state(serialized="finished")
+    def finished(self):
+        "The backend has the file."
+
+    @_machine.state(serialized="cancelled")
+    def cancelled(self):
+        "The upload ended without a handover."
+
+    @_machine.state(serialized="forgotten")
+    def forgotten(self):
+        "Cleaned up: no longer known to the registry."
+
+    @_machine.serializer()
+    def _state_name(self, state):
+        return state
+
+    # ---- inputs -----------------------------------------------------------
+
+    @_machine.input()
+    def _connect(self, channel):
+        "A browser connection asks for this upload."
+
+    @_machine.input()
+    def _disconnect(self):
+        "The bound connection closed."
+
+    @_machine.input()
+    def _pause(self):
+        "The browser paused."
+
+    @_machine.input()
+    def _chunk(self, data):
+        "A valid chunk arrived."
+
+    @_machine.input()
+    def _bad_chunk(self, reason):
+        "A chunk broke the protocol (too large, past the end)."
+
+    @_machine.input()
+    def _complete(self):
+        "Every byte is stored."
+
+    @_machine.input()
+    def _storage_failed_at_end(self, reason):
+        "The complete file could not be renamed."
+
+    @_machine.input()
+    def _cancel(self, reason, code, reply):
+        "Cancel: by the browser, the backend, a timeout or an error."
+
+    @_machine.input()
+    def _handover_done(self):
+        "The backend answered done."
+
+    @_machine.input()
+    def _handover_wait(self):
+        "The backend answered wait."
+
+    @_machine.input()
+    def _handover_failed(self, reason):
+        "The handover failed or timed out."
+
+    @_machine.input()
+    def _finish(self):
+        "The backend called finish_upload."
+
+    @_machine.input()
+    def _forget(self):
+        "Retention is over."
+
+    # ---- outputs ----------------------------------------------------------
+
+    @_machine.output()
+    def _create_file(self):
+        self._file = self._storage.create(self.ticket.id)
+
+    @_machine.output()
+    def _reopen_file(self):
+        self._file = self._storage.reopen(self.ticket.id)
+        self.received = self._file.size  # what is on disk, not a counter
+
+    @_machine.output()
+    def _close_file(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @_machine.output()
+    def _bind(self, channel):
+        self._channel = channel
+        self._log.info(
+            "upload {id}: browser connected, {how} at byte {pos} of {length}",
+            id=self.ticket.id,
+            how="resuming" if self.received else "starting",
+            pos=self.received,
+            length=self.length,
+        )
+
+    @_machine.output()
+    def _send_conf(self, channel):
+        channel.send_conf(self._settings.chunk_size_kb, self.received, self._settings.send_ahead)
+
+    @_machine.output()
+    def _bind_waiter(self, channel):
+        """A browser reconnects while the handover runs: let it wait."""
+        if self._channel is not None:
+            channel.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+            return
+        self._channel = channel
+        channel.send_conf(self._settings.chunk_size_kb, self.length, self._settings.send_ahead)
+
+    @_machine.output()
+    def _refuse_busy(self, channel):
+        self._log.info("upload {id}: refused a second connection", id=self.ticket.id)
+        channel.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+
+    @_machine.output()
+    def _refuse_cancelled(self, channel):
+        channel.fail(ErrorCode.CANCELLED, f"upload was cancelled: {self.cancel_reason}")
+
+    @_machine.output()
+    def _replay_done(self, channel):
+        channel.send_conf(self._settings.chunk_size_kb, self.length, self._settings.send_ahead)
+        channel.finish_ok()
+
+    @_machine.output()
+    def _unbind(self):
+        self._channel = None
+
+    @_machine.output()
+    def _log_paused(self):
+        self._log.info(
+            "upload {id}: paused at byte {pos} of {length}",
+            id=self.ticket.id, pos=self.received, length=self.length,
+        )
+
+    @_machine.output()
+    def _log_disconnected(self):
+        self._log.info(
+            "upload {id}: browser disconnected at byte {pos} of {length}",
+            id=self.ticket.id, pos=self.received, length=self.length,
+        )
+
+    @_machine.output()
+    def _close_channel(self):
+        if self._channel is not None:
+            self._channel.close()
+
+    @_machine.output()
+    def _touch(self):
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self._settings.idle_timeout)
+
+    @_machine.output()
+    def _stop_idle_timer(self):
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    @_machine.output()
+    def _store_chunk(self, data):
+        self._file.append(data)
+        self.received += len(data)
+        self._channel.send_chunk_ack(len(data))
+
+    @_machine.output()
+    def _refuse_chunk(self, reason):
+        if self._channel is not None:
+            self._channel.fail(ErrorCode.PROTOCOL, reason)
+            self._channel = None
+
+    @_machine.output()
+    def _finish_file(self):
+        self._path = self._file.complete()
+        self._file = None
+        self._log.info(
+            "upload {id}: complete, {length} bytes in {path}",
+            id=self.ticket.id, length=self.length, path=self._path,
+        )
+
+    @_machine.output()
+    def _start_handover(self):
+        # Last output of its transition: the answer may arrive synchronously.
+        d = self._backend.hand_over(self.ticket, self._path, self.browser_name)
+        self._handover = d
+
+        def answered(answer):
+            self._handover = None
+            if answer == DONE:
+                self._handover_done()
+            else:
+                self._handover_wait()
+
+        def failed(failure):
+            self._handover = None
+            if failure.check(HandoverFailed):
+                reason = str(failure.value)
+            else:
+                self._log.failure("upload {id}: handover crashed", failure, id=self.ticket.id)
+                reason = "internal error during the handover"
+            self._handover_failed(reason)
+
+        d.addCallbacks(answered, failed)
+        d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
+
+    @_machine.output()
+    def _start_confirm_timer(self):
+        self._log.info("upload {id}: backend answered wait", id=self.ticket.id)
+        self._confirm_timer = self._clock.callLater(
+            self._settings.handover_confirm_timeout,
+            lambda: self._handover_failed(
+                "backend did not call finish_upload within "
+                f"{self._settings.handover_confirm_timeout:g} s"
+            ),
+        )
+
+    @_machine.output()
+    def _stop_confirm_timer(self):
+        if self._confirm_timer is not None and self._confirm_timer.active():
+            self._confirm_timer.cancel()
+        self._confirm_timer = None
+
+    @_machine.output()
+    def _announce_done(self):
+        self._log.info("upload {id}: handed over", id=self.ticket.id)
+        if self._channel is not None:
+            self._channel.finish_ok()
+            self._channel = None
+
+    @_machine.output()
+    def _remove_file_if_asked(self):
+        if self.ticket.remove_file_when_finished:
+            remove_quietly(self._path)
+
+    @_machine.output()
+    def _record_cancel(self, reason):
+        self.cancel_reason = reason
+        self._log.info("upload {id}: cancelled: {reason}", id=self.ticket.id, reason=reason)
+
+    @_machine.output()
+    def _discard_file(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        remove_quietly(self._storage.part_path(self.ticket.id))
+        if self._path is not None:  # complete, but the handover failed
+            remove_quietly(self._path)
+
+    @_machine.output()
+    def _tell_browser(self, reason, code, reply):
+        self._notify_browser(reason, code, reply)
+
+    def _notify_browser(self, reason, code, reply):
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        if reply == REPLY_CANCEL_ACK:
+            channel.cancel_acked()
+        elif reply == REPLY_CANCEL:
+            channel.cancelled(reason, code)
+        else:
+            channel.fail(code, reason)
+
+    @_machine.output()
+    def _tell_browser_handover_failed(self, reason):
+        self._notify_browser(reason, ErrorCode.HANDOVER_FAILED, REPLY_ERROR)
+
+    @_machine.output()
+    def _tell_browser_protocol_error(self, reason):
+        self._notify_browser(reason, ErrorCode.PROTOCOL, REPLY_ERROR)
+
+    @_machine.output()
+    def _tell_browser_server_error(self, reason):
+        self._notify_browser(reason, ErrorCode.SERVER_ERROR, REPLY_ERROR)
+
+    @_machine.output()
+    def _report_cancel(self, reason):
+        self._backend.report_cancel(self.ticket, self.browser_name, reason)
+
+    @_machine.output()
+    def _schedule_forget(self):
+        self._clock.callLater(RETENTION, self._forget)
+
+    @_machine.output()
+    def _unregister(self):
+        self._forget_me(self)
+
+    # ---- transitions ------------------------------------------------------
+
+    _cancelling = [_stop_idle_timer, _record_cancel, _discard_file]
+
+    created.upon(_connect, enter=uploading,
+                 outputs=[_create_file, _bind, _send_conf, _touch])
+    paused.upon(_connect, enter=uploading,
+                outputs=[_reopen_file, _bind, _send_conf, _touch])
+    uploading.upon(_connect, enter=uploading, outputs=[_refuse_busy])
+    handing_over.upon(_connect, enter=handing_over, outputs=[_bind_waiter])
+    waiting_for_finish.upon(_connect, enter=waiting_for_finish, outputs=[_bind_waiter])
+    finished.upon(_connect, enter=finished, outputs=[_replay_done])
+    cancelled.upon(_connect, enter=cancelled, outputs=[_refuse_cancelled])
+
+    uploading.upon(_disconnect, enter=paused,
+                   outputs=[_unbind, _close_file, _touch, _log_disconnected])
+    for _state in (handing_over, waiting_for_finish, finished, cancelled):
+        _state.upon(_disconnect, enter=_state, outputs=[_unbind])
+
+    uploading.upon(_pause, enter=paused,
+                   outputs=[_close_channel, _unbind, _close_file, _touch, _log_paused])
+    for _state in (handing_over, waiting_for_finish):
+        _state.upon(_pause, enter=_state, outputs=[])
+
+    uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk, _touch])
+    uploading.upon(_bad_chunk, enter=cancelled,
+                   outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget])
+    for _state in (handing_over, waiting_for_finish):
+        _state.upon(_bad_chunk, enter=_state, outputs=[_refuse_chunk])
+
+    uploading.upon(_complete, enter=handing_over,
+                   outputs=[_stop_idle_timer, _finish_file, _start_handover])
+    uploading.upon(_storage_failed_at_end, enter=cancelled,
+                   outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget])
+
+    for _state in (created, paused, uploading):
+        _state.upon(_cancel, enter=cancelled,
+                    outputs=_cancelling + [_tell_browser, _report_cancel, _schedule_forget])
+    cancelled.upon(_cancel, enter=cancelled, outputs=[])
+
+    handing_over.upon(_handover_done, enter=finished,
+                      outputs=[_announce_done, _remove_file_if_asked, _schedule_forget])
+    handing_over.upon(_handover_wait, enter=waiting_for_finish,
+                      outputs=[_start_confirm_timer])
+    waiting_for_finish.upon(_finish, enter=finished,
+                            outputs=[_stop_confirm_timer, _announce_done,
+                                     _remove_file_if_asked, _schedule_forget])
+    for _state in (handing_over, waiting_for_finish):
+        _state.upon(_handover_failed, enter=cancelled,
+                    outputs=[_stop_confirm_timer, _record_cancel, _discard_file,
+                             _tell_browser_handover_failed, _report_cancel, _schedule_forget])
+
+    for _state in (finished, cancelled):
+        _state.upon(_forget, enter=forgotten, outputs=[_unregister])
+    del _state

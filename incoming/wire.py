@@ -1,0 +1,133 @@
+"""
+The browser <-> server wire protocol, version 0.1, as this server speaks it.
+
+This module is the one place that knows the message format; the WebSocket
+adapter (`incoming.wsproto`) parses with `parse_message` and builds replies
+with the ``msg_*`` functions below.
+
+Control messages are WebSocket *text* frames holding JSON
+``{"MsgType": "<name>", "MsgData": {...}}``; file data travels in *binary*
+frames, one chunk per frame.
+
+Client -> server:
+  MsgUploadReq  {Id, LengthBytes, Name}   first message on every connection
+  MsgAck        {Ack: true}               answers MsgUploadConf
+  MsgPause      {Pause: true}             the client then closes; resumable
+  MsgCancel     {Reason}                  answered by MsgCancelAck, then close
+  MsgError      {ErrorCode, Msg}          cancels: "error from frontend: Msg"
+
+Server -> client:
+  MsgUploadConf {ChunkSizeKB, FilePos, SendAhead}
+  MsgChunkAck   {ChunkSize}               sent after the chunk is in the file
+  MsgCancelAck  {Ack: true}
+  MsgCancel     {Reason, ErrorCode}       the backend cancelled the upload
+  MsgError      {ErrorCode, Msg}          followed by a close
+  MsgAllDone    {Success: true}           handover finished; normal close
+
+Sequence: MsgUploadReq -> MsgUploadConf (FilePos = bytes already stored, so
+a reconnect resumes) -> MsgAck -> binary chunks of at most ChunkSizeKB KiB,
+at most SendAhead unacknowledged -> (file complete) handover to the backend
+-> MsgAllDone, or MsgError when the handover failed.  A client that
+reconnects while the handover runs gets FilePos == LengthBytes and waits for
+the final message; one that reconnects after a successful handover gets
+MsgUploadConf and MsgAllDone at once.
+
+One connection per upload: while a connection is bound to an upload, a
+second one gets MsgError(UPLOAD_BUSY) and is closed; it does not take over.
+A dead connection is detected by WebSocket pings (the WebSocket timeout),
+after which a reconnect is accepted.
+
+Extensions stay 0.1-compatible: we only add fields (a 0.1 client ignores
+them), e.g. ``ErrorCode`` carries a value from `ErrorCode` below.
+"""
+
+import json
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Numbers sent as ``ErrorCode`` in MsgError; 0 is what a 0.1 server sends."""
+
+    GENERIC = 0
+    PROTOCOL = 1  # malformed or unexpected message, chunk past the file size
+    UNKNOWN_UPLOAD = 2  # no such ticket (never created, or long gone)
+    UPLOAD_BUSY = 3  # another connection is bound to this upload
+    FILE_CHANGED = 4  # LengthBytes differs from the first connection's
+    FILE_TOO_LARGE = 5  # above the server's maximum file size
+    CANCELLED = 6  # the upload was cancelled (backend, idle timeout, ...)
+    HANDOVER_FAILED = 7  # the backend did not take the file
+    SERVER_ERROR = 8  # the server could not store the file
+    TOO_LATE = 9  # cancel or pause while the file is being handed over
+
+
+class ProtocolError(Exception):
+    """A message from the client that is not valid 0.1 protocol."""
+
+
+CLIENT_MESSAGE_TYPES = frozenset(
+    {"MsgUploadReq", "MsgAck", "MsgPause", "MsgCancel", "MsgError"}
+)
+
+
+def parse_message(payload: bytes) -> tuple[str, dict]:
+    """Decode one text frame into (MsgType, MsgData); raise ProtocolError."""
+    try:
+        message = json.loads(payload)
+    except ValueError as e:
+        raise ProtocolError(f"malformed JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    msg_type = message.get("MsgType")
+    if msg_type not in CLIENT_MESSAGE_TYPES:
+        raise ProtocolError(f"unknown MsgType {msg_type!r}")
+    data = message.get("MsgData", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError(f"MsgData of {msg_type} must be a JSON object")
+    return msg_type, data
+
+
+def upload_request_fields(data: dict) -> tuple[str, int, str]:
+    """(Id, LengthBytes, Name) of a MsgUploadReq, checked for type."""
+    upload_id = data.get("Id")
+    length = data.get("LengthBytes")
+    name = data.get("Name", "")
+    if not isinstance(upload_id, str):
+        raise ProtocolError("MsgUploadReq needs a string Id")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ProtocolError("MsgUploadReq needs a non-negative integer LengthBytes")
+    if not isinstance(name, str):
+        raise ProtocolError("MsgUploadReq Name must be a string")
+    return upload_id, length, name
+
+
+def _encode(msg_type: str, data: dict) -> bytes:
+    return json.dumps({"MsgType": msg_type, "MsgData": data}).encode("utf-8")
+
+
+def msg_upload_conf(chunk_size_kb: int, file_pos: int, send_ahead: int) -> bytes:
+    return _encode(
+        "MsgUploadConf",
+        {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead},
+    )
+
+
+def msg_chunk_ack(size: int) -> bytes:
+    return _encode("MsgChunkAck", {"ChunkSize": size})
+
+
+def msg_cancel_ack() -> bytes:
+    return _encode("MsgCancelAck", {"Ack": True})
+
+
+def msg_cancel(reason: str, code: ErrorCode) -> bytes:
+    return _encode("MsgCancel", {"Reason": reason, "ErrorCode": int(code)})
+
+
+def msg_error(code: ErrorCode, text: str) -> bytes:
+    return _encode("MsgError", {"ErrorCode": int(code), "Msg": text})
+
+
+def msg_all_done() -> bytes:
+    return _encode("MsgAllDone", {"Success": True})

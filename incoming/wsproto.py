@@ -1,0 +1,173 @@
+"""
+The WebSocket end of the wire protocol (see `incoming.wire`): a thin
+Autobahn adapter that parses messages and hands them to the upload.
+
+The protocol object is also the upload's *channel*: the upload calls
+`send_conf`, `send_chunk_ack`, `finish_ok`, `fail`, `cancelled`,
+`cancel_acked` and `close` on it.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
+
+from . import wire
+from .upload import REPLY_ERROR
+from .wire import ErrorCode, ProtocolError
+
+CLOSE_NORMAL = 1000
+
+
+class UploadProtocol(WebSocketServerProtocol):
+    """One browser connection; bound to at most one upload."""
+
+    _log = Logger()
+
+    def onOpen(self):
+        self._upload = None
+        self._closing = False
+        self._request_timer = self.factory.clock.callLater(
+            self.factory.settings.websocket_timeout, self._no_request
+        )
+
+    def _no_request(self):
+        self._request_timer = None
+        self.fail(
+            ErrorCode.PROTOCOL,
+            f"no MsgUploadReq within {self.factory.settings.websocket_timeout:g} s",
+        )
+
+    def _stop_request_timer(self):
+        if self._request_timer is not None and self._request_timer.active():
+            self._request_timer.cancel()
+        self._request_timer = None
+
+    # ---- from the browser -------------------------------------------------
+
+    def onMessageFrameBegin(self, length):
+        # Autobahn refuses a frame above the limit (the chunk size) by
+        # closing with 1009; first tell the browser why and cancel.
+        total = self.message_data_total_length + length
+        if total > self.maxMessagePayloadSize and not self._closing:
+            if self._upload is not None:
+                self._upload.frame_too_large(self, total)
+            else:
+                self.fail(ErrorCode.PROTOCOL, f"frame of {total} bytes is too large")
+        super().onMessageFrameBegin(length)
+
+    def onMessage(self, payload, isBinary):
+        if self._closing:
+            return
+        if isBinary:
+            if self._upload is None:
+                self.fail(ErrorCode.PROTOCOL, "file data before MsgUploadReq")
+            else:
+                self._upload.receive(self, payload)
+            return
+        try:
+            msg_type, data = wire.parse_message(payload)
+            getattr(self, "_on_" + msg_type)(data)
+        except ProtocolError as e:
+            self.fail(ErrorCode.PROTOCOL, str(e))
+
+    def _on_MsgUploadReq(self, data):
+        if self._upload is not None:
+            raise ProtocolError("a second MsgUploadReq on the same connection")
+        upload_id, length, name = wire.upload_request_fields(data)
+        self._stop_request_timer()
+        upload = self.factory.registry.get(upload_id)
+        if upload is None:
+            self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {upload_id!r}")
+            return
+        self._upload = upload
+        upload.connect(self, length, name)
+
+    def _on_MsgAck(self, data):
+        if self._upload is None:
+            raise ProtocolError("MsgAck before MsgUploadReq")
+
+    def _on_MsgPause(self, data):
+        if self._upload is None:
+            raise ProtocolError("MsgPause before MsgUploadReq")
+        self._upload.pause(self)
+
+    def _on_MsgCancel(self, data):
+        if self._upload is None:
+            raise ProtocolError("MsgCancel before MsgUploadReq")
+        reason = str(data.get("Reason") or "cancelled in the browser")
+        self._upload.cancel_from_browser(self, f"cancelled by the browser: {reason}")
+
+    def _on_MsgError(self, data):
+        if self._upload is None:
+            self.close()
+            return
+        text = str(data.get("Msg", ""))
+        self._upload.cancel_from_browser(self, f"error from frontend: {text}", REPLY_ERROR)
+        self.close()
+
+    def onClose(self, wasClean, code, reason):
+        self._closing = True
+        if getattr(self, "_request_timer", None) is not None:
+            self._stop_request_timer()
+        upload = getattr(self, "_upload", None)
+        if upload is not None:
+            upload.disconnect(self)
+
+    # ---- the upload's channel ---------------------------------------------
+
+    def send_conf(self, chunk_size_kb, file_pos, send_ahead):
+        self.sendMessage(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead))
+
+    def send_chunk_ack(self, size):
+        self.sendMessage(wire.msg_chunk_ack(size))
+
+    def finish_ok(self):
+        self.sendMessage(wire.msg_all_done())
+        self.close()
+
+    def fail(self, code, text):
+        if self._closing:
+            return
+        self._log.info("closing connection with error {code}: {text}", code=code, text=text)
+        self.sendMessage(wire.msg_error(code, text))
+        self.close()
+
+    def cancelled(self, reason, code):
+        self.sendMessage(wire.msg_cancel(reason, code))
+        self.close()
+
+    def cancel_acked(self):
+        self.sendMessage(wire.msg_cancel_ack())
+        self.close()
+
+    def close(self):
+        if not self._closing:
+            self._closing = True
+            self.sendClose(CLOSE_NORMAL)
+
+
+class UploadFactory(WebSocketServerFactory):
+    """Builds UploadProtocol; holds the registry, settings and clock."""
+
+    protocol = UploadProtocol
+
+    def __init__(self, registry, settings, clock):
+        super().__init__()
+        self.registry = registry
+        self.settings = settings
+        self.clock = clock
+        timeout = settings.websocket_timeout
+        self.setProtocolOptions(
+            # No client can make us buffer more than one chunk.
+            maxFramePayloadSize=settings.chunk_size,
+            maxMessagePayloadSize=settings.chunk_size,
+            # Tell the browser why before closing; do not just drop it.
+            failByDrop=False,
+            openHandshakeTimeout=timeout,
+            closeHandshakeTimeout=min(timeout, 5.0),
+            # A dead peer stops answering pings: its upload becomes resumable.
+            autoPingInterval=timeout / 2,
+            autoPingTimeout=timeout / 2,
+            perMessageCompressionAccept=lambda offers: None,
+        )

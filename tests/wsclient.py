@@ -1,0 +1,170 @@
+"""
+A WebSocket upload client that speaks the 0.1 protocol exactly as a 0.1
+``incoming.js`` does (MsgUploadReq, MsgAck, binary chunks within SendAhead),
+with hooks to misbehave: drop, pause, cancel or error at a given byte,
+send an oversize frame, send past the end, send raw text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import attr
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet.defer import Deferred
+
+
+@attr.s(auto_attribs=True)
+class Outcome:
+    """What the client saw on one connection."""
+
+    messages: list = attr.Factory(list)  # (MsgType, MsgData) in order
+    acked: int = 0  # bytes acknowledged on this connection
+    file_pos: int | None = None  # FilePos of MsgUploadConf
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.messages]
+
+    def last(self):
+        return self.messages[-1] if self.messages else (None, None)
+
+    def first(self, msg_type):
+        for t, d in self.messages:
+            if t == msg_type:
+                return d
+        raise AssertionError(f"no {msg_type} in {self.types()}")
+
+
+class DataSource:
+    """File content, readable by offset: bytes in memory or a file on disk."""
+
+    def __init__(self, data: bytes = None, path: str = None):
+        self._data = data
+        self._path = path
+        self._f = open(path, "rb") if path else None
+        self.length = len(data) if data is not None else os.path.getsize(path)
+
+    def read(self, pos: int, size: int) -> bytes:
+        if self._data is not None:
+            return self._data[pos:pos + size]
+        self._f.seek(pos)
+        return self._f.read(size)
+
+
+class ZeroOneClient(WebSocketClientProtocol):
+    """Behaves like a 0.1 incoming.js, unless the script says otherwise."""
+
+    def onOpen(self):
+        f = self.factory
+        self.outcome = f.outcome
+        self.pos = 0
+        self.in_flight = 0
+        self.chunk = 0
+        self.ahead = 0
+        self.stopped = False
+        if f.first_text is not None:
+            self.sendMessage(f.first_text)
+            return
+        self._send("MsgUploadReq", {
+            "Id": f.upload_id, "LengthBytes": f.length, "Name": f.name,
+        })
+
+    def _send(self, msg_type, data):
+        self.sendMessage(json.dumps({"MsgType": msg_type, "MsgData": data}).encode())
+
+    def onMessage(self, payload, isBinary):
+        msg = json.loads(payload)
+        msg_type, data = msg["MsgType"], msg.get("MsgData", {})
+        self.outcome.messages.append((msg_type, data))
+        if msg_type == "MsgUploadConf":
+            self.outcome.file_pos = data["FilePos"]
+            self.pos = data["FilePos"]
+            self.chunk = data["ChunkSizeKB"] * 1024
+            self.ahead = data["SendAhead"]
+            self._send("MsgAck", {"Ack": True})
+            self.pump()
+        elif msg_type == "MsgChunkAck":
+            self.in_flight -= 1
+            self.outcome.acked += data["ChunkSize"]
+            self.pump()
+
+    def pump(self):
+        """Send chunks while the window allows; act once stop_at is acked."""
+        f = self.factory
+        if self.stopped:
+            return
+        limit = f.length if f.stop_at is None else min(f.stop_at, f.length)
+        while self.in_flight < self.ahead and self.pos < limit:
+            if f.oversize_frame:
+                self.stopped = True
+                self.sendMessage(b"y" * (self.chunk + 1), isBinary=True)
+                return
+            data = f.source.read(self.pos, min(self.chunk, limit - self.pos))
+            self.sendMessage(data, isBinary=True)
+            self.pos += len(data)
+            self.in_flight += 1
+        if self.pos >= limit and self.in_flight == 0:
+            if f.stop_at is not None:
+                self.stopped = True
+                self.act(f.action)
+            elif f.extra_bytes:
+                self.stopped = True
+                self.sendMessage(b"x" * f.extra_bytes, isBinary=True)
+
+    def act(self, action):
+        if action == "drop":
+            self.transport.abortConnection()
+        elif action == "pause":
+            self._send("MsgPause", {"Pause": True})
+            self.sendClose(1000)
+        elif action == "cancel":
+            self._send("MsgCancel", {"Reason": "user clicked cancel"})
+        elif action == "error":
+            self._send("MsgError", {"ErrorCode": 0, "Msg": "disk on fire"})
+        elif action == "idle":
+            pass
+        else:
+            raise ValueError(action)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.outcome.close_code = code
+        self.factory.outcome.close_reason = reason
+        d, self.factory.done = self.factory.done, None
+        if d is not None:
+            d.callback(self.factory.outcome)
+
+
+def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes = None,
+           name: str = "file.bin", length: int = None, stop_at: int = None,
+           action: str = "drop", oversize_frame=False, extra_bytes=0,
+           first_text: bytes = None, host="127.0.0.1") -> Deferred:
+    """Connect once and run the script; fire with the Outcome at close."""
+    if source is None:
+        source = DataSource(data=data if data is not None else b"")
+    factory = WebSocketClientFactory(f"ws://{host}:{port}/incoming/0.1/frontend/upload_ws")
+    factory.protocol = ZeroOneClient
+    factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0, autoPingInterval=None)
+    factory.outcome = Outcome()
+    factory.source = source
+    factory.upload_id = upload_id
+    factory.name = name
+    factory.length = source.length if length is None else length
+    factory.stop_at = stop_at
+    factory.action = action
+    factory.oversize_frame = oversize_frame
+    factory.extra_bytes = extra_bytes
+    factory.first_text = first_text
+    factory.done = Deferred()
+    done = factory.done
+
+    def connection_failed(f):
+        if factory.done is not None:
+            factory.done, d = None, factory.done
+            d.errback(f)
+
+    factory.clientConnectionFailed = lambda connector, reason: connection_failed(reason)
+    connectWS(factory)
+    return done
