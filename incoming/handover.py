@@ -41,7 +41,11 @@ class BackendClient:
             body = yield response.content()
             return response.code, body[:MAX_ANSWER_BYTES]
 
-        return exchange().addTimeout(self._timeout, self._clock)
+        def timed_out(result, timeout):
+            # Whatever the cancelled request failed with, it was our timeout.
+            raise TimeoutError(f"no answer within {timeout:g} s")
+
+        return exchange().addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
 
     @inlineCallbacks
     def hand_over(self, ticket, path: str, browser_name: str):

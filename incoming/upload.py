@@ -349,11 +349,6 @@ class Upload:
         )
 
     @_machine.output()
-    def _close_channel(self):
-        if self._channel is not None:
-            self._channel.close()
-
-    @_machine.output()
     def _touch(self):
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self._settings.idle_timeout)
@@ -512,7 +507,7 @@ class Upload:
         _state.upon(_disconnect, enter=_state, outputs=[_unbind])
 
     uploading.upon(_pause, enter=paused,
-                   outputs=[_close_channel, _unbind, _close_file, _touch, _log_paused])
+                   outputs=[_unbind, _close_file, _touch, _log_paused])
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_pause, enter=_state, outputs=[])
 

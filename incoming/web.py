@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.web.http import combinedLogFormatter
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -27,6 +28,26 @@ def build_root(registry, settings, clock) -> Resource:
     return root
 
 
+class _PathOnly:
+    """A request seen without its query string."""
+
+    def __init__(self, request):
+        self._request = request
+
+    @property
+    def uri(self):
+        return self._request.path
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+
+def access_log_line(timestamp, request) -> str:
+    """Combined log format without the query string: 0.1 backends send
+    backendSecret there, and secrets are never logged."""
+    return combinedLogFormatter(timestamp, _PathOnly(request))
+
+
 def make_site(settings, clock, http) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry.
 
@@ -37,6 +58,6 @@ def make_site(settings, clock, http) -> tuple[Site, UploadRegistry]:
     storage.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout)
     registry = UploadRegistry(settings, storage, backend, clock)
-    site = Site(build_root(registry, settings, clock))
+    site = Site(build_root(registry, settings, clock), logFormatter=access_log_line)
     site.displayTracebacks = False
     return site, registry

@@ -18,6 +18,9 @@ from .wire import ErrorCode, ProtocolError
 
 CLOSE_NORMAL = 1000
 
+# After MsgPause the browser closes; if it does not, we do after this long.
+PAUSE_CLOSE_GRACE = 5.0
+
 
 class UploadProtocol(WebSocketServerProtocol):
     """One browser connection; bound to at most one upload."""
@@ -27,21 +30,21 @@ class UploadProtocol(WebSocketServerProtocol):
     def onOpen(self):
         self._upload = None
         self._closing = False
-        self._request_timer = self.factory.clock.callLater(
+        self._deadline = self.factory.clock.callLater(
             self.factory.settings.websocket_timeout, self._no_request
         )
 
     def _no_request(self):
-        self._request_timer = None
+        self._deadline = None
         self.fail(
             ErrorCode.PROTOCOL,
             f"no MsgUploadReq within {self.factory.settings.websocket_timeout:g} s",
         )
 
-    def _stop_request_timer(self):
-        if self._request_timer is not None and self._request_timer.active():
-            self._request_timer.cancel()
-        self._request_timer = None
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
     # ---- from the browser -------------------------------------------------
 
@@ -75,7 +78,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is not None:
             raise ProtocolError("a second MsgUploadReq on the same connection")
         upload_id, length, name = wire.upload_request_fields(data)
-        self._stop_request_timer()
+        self._cancel_deadline()
         upload = self.factory.registry.get(upload_id)
         if upload is None:
             self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {upload_id!r}")
@@ -91,6 +94,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is None:
             raise ProtocolError("MsgPause before MsgUploadReq")
         self._upload.pause(self)
+        self._deadline = self.factory.clock.callLater(PAUSE_CLOSE_GRACE, self.close)
 
     def _on_MsgCancel(self, data):
         if self._upload is None:
@@ -108,8 +112,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._closing = True
-        if getattr(self, "_request_timer", None) is not None:
-            self._stop_request_timer()
+        if getattr(self, "_deadline", None) is not None:
+            self._cancel_deadline()
         upload = getattr(self, "_upload", None)
         if upload is not None:
             upload.disconnect(self)

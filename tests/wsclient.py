@@ -96,7 +96,8 @@ class ZeroOneClient(WebSocketClientProtocol):
         f = self.factory
         if self.stopped:
             return
-        limit = f.length if f.stop_at is None else min(f.stop_at, f.length)
+        end = f.source.length  # may differ from the declared length
+        limit = end if f.stop_at is None else min(f.stop_at, end)
         while self.in_flight < self.ahead and self.pos < limit:
             if f.oversize_frame:
                 self.stopped = True
@@ -119,6 +120,8 @@ class ZeroOneClient(WebSocketClientProtocol):
             self.transport.abortConnection()
         elif action == "pause":
             self._send("MsgPause", {"Pause": True})
+            self.sendClose(1000)
+        elif action == "close":
             self.sendClose(1000)
         elif action == "cancel":
             self._send("MsgCancel", {"Reason": "user clicked cancel"})
