@@ -18,7 +18,7 @@ from incoming.config import Settings
 from incoming.web import make_site
 
 
-class TestBackend(Resource):
+class FakeBackend(Resource):
     """Plays a web app backend: records handover POSTs, answers as told.
 
     ``answer`` is one of done, wait, error500, garbage, hang.
@@ -71,7 +71,7 @@ class RunningServer:
     port: int
     registry: object
     storage_dir: str
-    backend: TestBackend
+    backend: FakeBackend
     backend_url: str
     http: HTTPClient
 
@@ -113,7 +113,7 @@ def make_settings(tmp_path, **overrides) -> Settings:
 
 async def start_server(tmp_path, **overrides):
     """A real server and test backend on loopback ports; returns (server, stop)."""
-    backend = TestBackend()
+    backend = FakeBackend()
     backend_port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))
