@@ -52,7 +52,7 @@ class UploadProtocol(WebSocketServerProtocol):
         # Autobahn refuses a frame above the limit (the chunk size) by
         # closing with 1009; first tell the browser why and cancel.
         total = self.message_data_total_length + length
-        if total > self.maxMessagePayloadSize and not self._closing:
+        if 0 < self.maxMessagePayloadSize < total and not self._closing:
             if self._upload is not None:
                 self._upload.frame_too_large(self, total)
             else:
@@ -120,29 +120,33 @@ class UploadProtocol(WebSocketServerProtocol):
 
     # ---- the upload's channel ---------------------------------------------
 
+    def _send(self, message: bytes) -> None:
+        if not self._closing:
+            self.sendMessage(message)
+
     def send_conf(self, chunk_size_kb, file_pos, send_ahead):
-        self.sendMessage(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead))
+        self._send(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead))
 
     def send_chunk_ack(self, size):
-        self.sendMessage(wire.msg_chunk_ack(size))
+        self._send(wire.msg_chunk_ack(size))
 
     def finish_ok(self):
-        self.sendMessage(wire.msg_all_done())
+        self._send(wire.msg_all_done())
         self.close()
 
     def fail(self, code, text):
-        if self._closing:
-            return
-        self._log.info("closing connection with error {code}: {text}", code=code, text=text)
-        self.sendMessage(wire.msg_error(code, text))
+        if not self._closing:
+            self._log.info("closing connection with error {code}: {text}",
+                           code=int(code), text=text)
+        self._send(wire.msg_error(code, text))
         self.close()
 
     def cancelled(self, reason, code):
-        self.sendMessage(wire.msg_cancel(reason, code))
+        self._send(wire.msg_cancel(reason, code))
         self.close()
 
     def cancel_acked(self):
-        self.sendMessage(wire.msg_cancel_ack())
+        self._send(wire.msg_cancel_ack())
         self.close()
 
     def close(self):

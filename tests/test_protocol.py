@@ -355,3 +355,32 @@ async def test_fifty_concurrent_uploads(server):
     for ticket, data in zip(tickets, files):
         assert file_sha256(os.path.join(server.storage_dir, ticket)) == sha256(data)
     assert len(server.backend.calls) == 50
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_connection_is_closed_after_the_websocket_timeout(tmp_path):
+    server, stop = await start_server(tmp_path, websocket_timeout=2)
+    try:
+        outcome = await upload(server.port, "x", silent=True)
+        assert outcome.types() == ["MsgError"], outcome
+        assert "no MsgUploadReq within 2 s" in outcome.last()[1]["Msg"]
+    finally:
+        await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_quiet_but_alive_browser_outlives_the_websocket_timeout(tmp_path):
+    """Pings, answered by the browser, keep an idle connection open."""
+    server, stop = await start_server(tmp_path, websocket_timeout=2)
+    try:
+        ticket = await server.new_upload()
+        pending = upload(server.port, ticket, data=payload(100 * 1024),
+                         stop_at=64 * 1024, action="idle")
+        await task.deferLater(reactor, 3.5, lambda: None)
+        assert not pending.called
+        assert server.registry.get(ticket).state == "uploading"
+        code, _ = await server.call("cancel_upload", id=ticket)
+        assert code == 200
+        assert (await pending).last()[0] == "MsgCancel"
+    finally:
+        await stop()

@@ -65,6 +65,8 @@ class ZeroOneClient(WebSocketClientProtocol):
         self.chunk = 0
         self.ahead = 0
         self.stopped = False
+        if f.silent:
+            return
         if f.first_text is not None:
             self.sendMessage(f.first_text)
             return
@@ -143,7 +145,7 @@ class ZeroOneClient(WebSocketClientProtocol):
 def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes = None,
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
-           first_text: bytes = None, host="127.0.0.1") -> Deferred:
+           first_text: bytes = None, silent=False, host="127.0.0.1") -> Deferred:
     """Connect once and run the script; fire with the Outcome at close."""
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -160,6 +162,7 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.oversize_frame = oversize_frame
     factory.extra_bytes = extra_bytes
     factory.first_text = first_text
+    factory.silent = silent
     factory.done = Deferred()
     done = factory.done
 
