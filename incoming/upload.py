@@ -294,7 +294,11 @@ class Upload:
 
     @_machine.output()
     def _bind(self, channel):
+        # Before the file is opened, so that a storage error reaches the browser.
         self._channel = channel
+
+    @_machine.output()
+    def _log_connected(self):
         self._log.info(
             "upload {id}: browser connected, {how} at byte {pos} of {length}",
             id=self.ticket.id,
@@ -367,9 +371,12 @@ class Upload:
 
     @_machine.output()
     def _refuse_chunk(self, reason):
-        if self._channel is not None:
-            self._channel.fail(ErrorCode.PROTOCOL, reason)
-            self._channel = None
+        self._notify_browser(reason, ErrorCode.PROTOCOL, REPLY_ERROR)
+
+    @_machine.output()
+    def _refuse_stray_chunk(self):
+        self._notify_browser("file data after the file was complete",
+                             ErrorCode.PROTOCOL, REPLY_ERROR)
 
     @_machine.output()
     def _finish_file(self):
@@ -492,9 +499,9 @@ class Upload:
     _cancelling = [_stop_idle_timer, _record_cancel, _discard_file]
 
     created.upon(_connect, enter=uploading,
-                 outputs=[_create_file, _bind, _send_conf, _touch])
+                 outputs=[_bind, _create_file, _log_connected, _send_conf, _touch])
     paused.upon(_connect, enter=uploading,
-                outputs=[_reopen_file, _bind, _send_conf, _touch])
+                outputs=[_bind, _reopen_file, _log_connected, _send_conf, _touch])
     uploading.upon(_connect, enter=uploading, outputs=[_refuse_busy])
     handing_over.upon(_connect, enter=handing_over, outputs=[_bind_waiter])
     waiting_for_finish.upon(_connect, enter=waiting_for_finish, outputs=[_bind_waiter])
@@ -516,10 +523,12 @@ class Upload:
                    outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget])
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_bad_chunk, enter=_state, outputs=[_refuse_chunk])
+        _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
     uploading.upon(_complete, enter=handing_over,
                    outputs=[_stop_idle_timer, _finish_file, _start_handover])
-    uploading.upon(_storage_failed_at_end, enter=cancelled,
+    # _finish_file runs after the machine entered handing_over
+    handing_over.upon(_storage_failed_at_end, enter=cancelled,
                    outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget])
 
     for _state in (created, paused, uploading):
