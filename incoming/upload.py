@@ -73,7 +73,6 @@ class Upload:
         self.cancel_reason: str | None = None
         self._idle_timer = clock.callLater(settings.idle_timeout, self._idle_expired)
         self._confirm_timer = None
-        self._handover = None
         self._path: str | None = None
 
     @property
@@ -391,17 +390,14 @@ class Upload:
     def _start_handover(self):
         # Last output of its transition: the answer may arrive synchronously.
         d = self._backend.hand_over(self.ticket, self._path, self.browser_name)
-        self._handover = d
 
         def answered(answer):
-            self._handover = None
             if answer == DONE:
                 self._handover_done()
             else:
                 self._handover_wait()
 
         def failed(failure):
-            self._handover = None
             if failure.check(HandoverFailed):
                 reason = str(failure.value)
             else:
