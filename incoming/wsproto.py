@@ -172,6 +172,7 @@ class UploadFactory(WebSocketServerFactory):
             maxMessagePayloadSize=settings.chunk_size,
             # Tell the browser why before closing; do not just drop it.
             failByDrop=False,
+            webStatus=False,  # no Autobahn status page for plain GETs
             openHandshakeTimeout=timeout,
             closeHandshakeTimeout=min(timeout, 5.0),
             # A dead peer stops answering pings: its upload becomes resumable.
