@@ -173,6 +173,9 @@ class UploadFactory(WebSocketServerFactory):
             # Tell the browser why before closing; do not just drop it.
             failByDrop=False,
             webStatus=False,  # no Autobahn status page for plain GETs
+            # Any origin, as 0.1 (file:// pages send "null").
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             openHandshakeTimeout=timeout,
             closeHandshakeTimeout=min(timeout, 5.0),
             # A dead peer stops answering pings: its upload becomes resumable.

@@ -1,0 +1,439 @@
+/*
+ * incoming.js - the browser half of Incoming!!
+ *
+ * Load it with <script src="https://INCOMING_HOST/incoming/0.1/frontend/incoming.js">
+ * and upload a File with a ticket from your backend:
+ *
+ *     var up = new incoming.Uploader(ticket, file);
+ *     up.onprogress = function (u) { bar.value = u.frac_complete; };
+ *     up.onfinished = function (u) { ... };
+ *     up.start();
+ *
+ * Plain JavaScript, no dependencies, no build step. Speaks the 0.1 wire
+ * protocol (see incoming/wire.py on the server), so it works against a 0.1
+ * server too. Unlike 0.1 it reconnects by itself after a lost connection
+ * (first retry within 1 s, then exponential backoff with jitter up to 30 s,
+ * fast again after progress) and reports numeric error codes.
+ */
+(function (root, factory) {
+    "use strict";
+    var lib = factory(root);
+    root.incoming = lib;
+    if (typeof module === "object" && module && module.exports) {
+        module.exports = lib;
+    }
+}(typeof self !== "undefined" ? self : this, function (root) {
+    "use strict";
+
+    var WS_PATH = "/incoming/0.1/frontend/upload_ws";
+
+    /* Values of Uploader.error_code. 1-9 are sent by the server in
+     * MsgError.ErrorCode; a 0.1 server sends 0 (GENERIC). */
+    var ERROR = {
+        NONE: -1,            // no error
+        GENERIC: 0,          // an error without a code (e.g. from a 0.1 server)
+        PROTOCOL: 1,         // the server did not understand us, or we it
+        UNKNOWN_UPLOAD: 2,   // no such upload ticket (never issued, or long gone)
+        UPLOAD_BUSY: 3,      // another connection uploads this file (retried)
+        FILE_CHANGED: 4,     // the file's size changed since the first connection
+        FILE_TOO_LARGE: 5,   // the file is larger than the server accepts
+        CANCELLED: 6,        // the upload was cancelled (backend, timeout, ...)
+        HANDOVER_FAILED: 7,  // the server could not hand the file to the backend
+        SERVER_ERROR: 8,     // the server could not store the file
+        TOO_LATE: 9,         // cancel refused: the file is being handed over
+        FILE_READ_ERROR: 10  // the browser could not read the file
+    };
+
+    // Errors after which retrying cannot help.
+    var TRANSIENT = {};
+    TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
+    TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
+
+    var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
+    var MAX_RETRY_S = 30;
+
+    var serverHostname = null;
+
+    function set_server_hostname(hostname) {
+        serverHostname = hostname;
+    }
+
+    function socketUrl() {
+        var loc = root.location || {};
+        var host = serverHostname || loc.host;
+        var scheme = loc.protocol === "https:" ? "wss://" : "ws://";
+        return scheme + host + WS_PATH;
+    }
+
+    function Uploader(upload_id, file) {
+        if (!(this instanceof Uploader)) {
+            return new Uploader(upload_id, file);
+        }
+        this.upload_id = upload_id;
+        this._file = file;
+
+        // Properties (read-only for users), as documented in api.md.
+        this.filename = file.name;
+        this.bytes_total = file.size;
+        this.bytes_tx = 0;
+        this.bytes_acked = 0;
+        this.bytes_ahead = 0;
+        this.frac_complete = file.size === 0 ? 1 : 0;
+        this.chunks_tx_now = 0;
+        this.chunks_acked_now = 0;
+        this.chunks_ahead = 0;
+        this.state_msg = "not started";
+        this.cancel_msg = "";
+        this.error_code = ERROR.NONE;
+        this.error_msg = "";
+
+        // Flags.
+        this.connected = false;
+        this.finished = false;
+        this.paused = false;
+        this.can_pause = false;
+        this.cancelling = false;
+        this.cancelled = false;
+        this.can_cancel = false;
+
+        // Callbacks.
+        this.onprogress = null;
+        this.onfinished = null;
+        this.oncancelled = null;
+        this.onerror = null;
+
+        // Internal state.
+        this._started = false;
+        this._ended = false;        // finished, cancelled or failed for good
+        this._ws = null;
+        this._chunkSize = 0;
+        this._sendAhead = 0;
+        this._reading = false;
+        this._retries = 0;          // consecutive failed connections
+        this._retryTimer = null;
+        this._cancelReason = null;  // a cancel waiting for a connection
+    }
+
+    Uploader.prototype.start = function () {
+        if (this._started) {
+            return;
+        }
+        this._started = true;
+        this._connect();
+    };
+
+    Uploader.prototype.pause = function (what) {
+        var pause = what === "pause" || (what === "toggle" && !this.paused);
+        var unpause = what === "unpause" || (what === "toggle" && this.paused);
+        if (pause && this.can_pause) {
+            this.paused = true;
+            this._stopRetrying();
+            var ws = this._ws;
+            this._ws = null;
+            if (ws && ws.readyState === 1) {
+                this._send(ws, "MsgPause", {Pause: true});
+                ws.close(1000, "paused");
+            } else if (ws) {
+                ws.close();
+            }
+            this._disconnected("paused");
+        } else if (unpause && this.paused && !this._ended) {
+            this.paused = false;
+            this._retries = 0;
+            this._connect();
+        }
+    };
+
+    Uploader.prototype.cancel = function (reason) {
+        if (!this.can_cancel) {
+            return;
+        }
+        this._cancelReason = String(reason === undefined ? "" : reason);
+        this.cancelling = true;
+        this._update("cancelling");
+        if (this.connected && this._ws && this._ws.readyState === 1) {
+            this._send(this._ws, "MsgCancel", {Reason: this._cancelReason});
+        }
+        // Otherwise it is sent as soon as the (re)connection is confirmed.
+    };
+
+    // ---- connection ------------------------------------------------------
+
+    Uploader.prototype._connect = function () {
+        var self = this;
+        var ws;
+        this._retryTimer = null;
+        try {
+            ws = new root.WebSocket(socketUrl());
+        } catch (e) {
+            this._fail(ERROR.GENERIC, "cannot open a WebSocket: " + e.message);
+            return;
+        }
+        ws.binaryType = "arraybuffer";
+        this._ws = ws;
+        this._update("connecting");
+        ws.onopen = function () {
+            if (ws === self._ws) {
+                self._send(ws, "MsgUploadReq", {
+                    Id: self.upload_id,
+                    LengthBytes: self.bytes_total,
+                    Name: self.filename
+                });
+            }
+        };
+        ws.onmessage = function (event) {
+            if (ws === self._ws) {
+                self._onMessage(ws, event.data);
+            }
+        };
+        ws.onclose = function () {
+            if (ws === self._ws) {
+                self._ws = null;
+                self._connectionLost();
+            }
+        };
+    };
+
+    Uploader.prototype._send = function (ws, type, data) {
+        ws.send(JSON.stringify({MsgType: type, MsgData: data}));
+    };
+
+    Uploader.prototype._connectionLost = function () {
+        if (this._ended || this.paused) {
+            return;
+        }
+        // Exponential backoff with jitter: 0.25-0.5 s, 0.5-1 s, ... up to 30 s.
+        var ceiling = Math.min(MAX_RETRY_S, FIRST_RETRY_S * Math.pow(2, this._retries));
+        var delay = ceiling * (0.5 + Math.random() / 2);
+        this._retries += 1;
+        var self = this;
+        this._retryTimer = setTimeout(function () { self._connect(); }, delay * 1000);
+        this._disconnected("connection lost; retrying in " + delay.toFixed(1) + " s");
+    };
+
+    Uploader.prototype._disconnected = function (message) {
+        this.connected = false;
+        this.bytes_tx = this.bytes_acked;  // what is in flight may be lost
+        this._update(message);
+    };
+
+    Uploader.prototype._stopRetrying = function () {
+        if (this._retryTimer !== null) {
+            clearTimeout(this._retryTimer);
+            this._retryTimer = null;
+        }
+    };
+
+    Uploader.prototype._close = function () {
+        this._stopRetrying();
+        var ws = this._ws;
+        this._ws = null;
+        if (ws) {
+            ws.close();
+        }
+        this.connected = false;
+    };
+
+    // ---- messages from the server ----------------------------------------
+
+    Uploader.prototype._onMessage = function (ws, data) {
+        if (typeof data !== "string") {
+            return;  // the server never sends binary frames
+        }
+        var msg;
+        try {
+            msg = JSON.parse(data);
+        } catch (e) {
+            this._protocolError(ws, "malformed message from the server");
+            return;
+        }
+        var body = msg.MsgData || {};
+        switch (msg.MsgType) {
+        case "MsgUploadConf":
+            this._onUploadConf(ws, body);
+            break;
+        case "MsgChunkAck":
+            this._onChunkAck(ws, body);
+            break;
+        case "MsgAllDone":
+            this._close();
+            this._end();
+            this.finished = true;
+            this._update("finished");
+            this._call("onfinished");
+            break;
+        case "MsgCancelAck":
+            this._becomeCancelled(this._cancelReason || "cancelled");
+            break;
+        case "MsgCancel":
+            this._becomeCancelled(String(body.Reason || "cancelled by the server"));
+            break;
+        case "MsgError":
+            this._onServerError(Number(body.ErrorCode) || ERROR.GENERIC, String(body.Msg || ""));
+            break;
+        default:
+            break;  // newer servers may send more; ignore what we do not know
+        }
+    };
+
+    Uploader.prototype._onUploadConf = function (ws, body) {
+        var pos = Number(body.FilePos);
+        if (!(pos >= 0 && pos <= this.bytes_total) || !(body.ChunkSizeKB > 0) || !(body.SendAhead > 0)) {
+            this._protocolError(ws, "invalid MsgUploadConf");
+            return;
+        }
+        this._chunkSize = body.ChunkSizeKB * 1024;
+        this._sendAhead = body.SendAhead;
+        this.connected = true;
+        this.bytes_acked = pos;
+        this.bytes_tx = pos;
+        this.chunks_tx_now = 0;
+        this.chunks_acked_now = 0;
+        this._send(ws, "MsgAck", {Ack: true});
+        if (this._cancelReason !== null && pos < this.bytes_total) {
+            this._send(ws, "MsgCancel", {Reason: this._cancelReason});
+            this._update("cancelling");
+            return;
+        }
+        this._update(pos >= this.bytes_total ? "handing over" :
+                     pos > 0 ? "uploading (resumed at byte " + pos + ")" : "uploading");
+        this._pump(ws);
+    };
+
+    Uploader.prototype._onChunkAck = function (ws, body) {
+        var size = Number(body.ChunkSize) || 0;
+        this.bytes_acked = Math.min(this.bytes_total, this.bytes_acked + size);
+        this.chunks_acked_now += 1;
+        this._retries = 0;  // progress: the next retry is fast again
+        this._update(this.bytes_acked >= this.bytes_total ? "handing over" : "uploading");
+        this._pump(ws);
+    };
+
+    Uploader.prototype._onServerError = function (code, text) {
+        if (TRANSIENT[code]) {
+            // The connection is closed by the server; onclose retries.
+            this.state_msg = text;
+            return;
+        }
+        if (code === ERROR.CANCELLED) {
+            this.error_code = code;
+            this.error_msg = text;
+            this._becomeCancelled(text);
+            return;
+        }
+        this._fail(code, text);
+    };
+
+    Uploader.prototype._protocolError = function (ws, text) {
+        this._send(ws, "MsgError", {ErrorCode: ERROR.PROTOCOL, Msg: text});
+        this._fail(ERROR.PROTOCOL, text);
+    };
+
+    // ---- sending the file --------------------------------------------------
+
+    // Read and send slices while the server's window allows. One read at a
+    // time keeps chunks in order; the window bounds memory to SendAhead chunks.
+    Uploader.prototype._pump = function (ws) {
+        var self = this;
+        if (this._reading || ws !== this._ws || this._cancelReason !== null) {
+            return;
+        }
+        var ahead = this.chunks_tx_now - this.chunks_acked_now;
+        if (ahead >= this._sendAhead || this.bytes_tx >= this.bytes_total) {
+            return;
+        }
+        var start = this.bytes_tx;
+        var end = Math.min(this.bytes_total, start + this._chunkSize);
+        this._reading = true;
+        readSlice(this._file.slice(start, end), function (error, buffer) {
+            self._reading = false;
+            if (ws !== self._ws || self._ended || ws.readyState !== 1) {
+                return;
+            }
+            if (error) {
+                self._send(ws, "MsgError", {ErrorCode: ERROR.FILE_READ_ERROR, Msg: error});
+                self._fail(ERROR.FILE_READ_ERROR, "cannot read the file: " + error);
+                return;
+            }
+            ws.send(buffer);
+            self.bytes_tx = end;
+            self.chunks_tx_now += 1;
+            self._update(self.state_msg);
+            self._pump(ws);
+        });
+    };
+
+    function readSlice(blob, done) {
+        if (blob.arrayBuffer) {
+            blob.arrayBuffer().then(
+                function (buffer) { done(null, buffer); },
+                function (e) { done(String(e && e.message || e)); }
+            );
+            return;
+        }
+        var reader = new root.FileReader();
+        reader.onload = function () { done(null, reader.result); };
+        reader.onerror = function () { done(String(reader.error && reader.error.message)); };
+        reader.readAsArrayBuffer(blob);
+    }
+
+    // ---- endings -------------------------------------------------------------
+
+    Uploader.prototype._end = function () {
+        this._ended = true;
+        this.cancelling = false;
+        this._close();
+    };
+
+    Uploader.prototype._becomeCancelled = function (reason) {
+        this._end();
+        this.cancelled = true;
+        this.cancel_msg = reason;
+        this._update("cancelled");
+        this._call("oncancelled");
+    };
+
+    Uploader.prototype._fail = function (code, text) {
+        this._end();
+        this.error_code = code;
+        this.error_msg = text;
+        this._update("error: " + text);
+        this._call("onerror");
+    };
+
+    // ---- observable state ------------------------------------------------------
+
+    // Recompute derived properties and flags, then tell onprogress.
+    Uploader.prototype._update = function (stateMsg) {
+        var handingOver = this.bytes_acked >= this.bytes_total && this.connected;
+        var active = this._started && !this._ended && !this.cancelling;
+        this.state_msg = stateMsg;
+        this.bytes_ahead = this.bytes_tx - this.bytes_acked;
+        this.chunks_ahead = this.chunks_tx_now - this.chunks_acked_now;
+        this.frac_complete = this.bytes_total === 0 ? 1 : this.bytes_acked / this.bytes_total;
+        this.can_pause = active && !this.paused && this.bytes_acked < this.bytes_total;
+        this.can_cancel = active && !this.paused && this.connected && !handingOver;
+        this._call("onprogress");
+    };
+
+    Uploader.prototype._call = function (name) {
+        var callback = this[name];
+        if (typeof callback === "function") {
+            try {
+                callback(this);
+            } catch (e) {
+                // A failing callback must not break the upload.
+                if (root.console) {
+                    root.console.error("incoming.js: error in " + name, e);
+                }
+            }
+        }
+    };
+
+    return {
+        set_server_hostname: set_server_hostname,
+        Uploader: Uploader,
+        ERROR: ERROR,
+        version: "0.2"
+    };
+}));
