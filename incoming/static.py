@@ -1,0 +1,204 @@
+"""
+Files that browsers load from this server: ``incoming.js``, its type
+declarations and the demo page.
+
+They live in the repository's ``frontend/`` folder, which setup.py installs
+as ``incoming/frontend/`` inside the package, so a regular ``pip install .``
+serves them; a source checkout serves ``frontend/`` directly.
+
+Every answer carries an ETag (a hash of the content, so a reinstall with the
+same bytes keeps browsers' copies valid), Last-Modified and ``Cache-Control:
+no-cache``: browsers revalidate each time and get a 304 while the file is
+unchanged, so a server upgrade reaches every page at its next load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import re
+from pathlib import Path
+
+import attr
+from twisted.web.http import datetimeToString, stringToDatetime
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+# What we serve, by file name ending; anything else is a 404.
+CONTENT_TYPES = {
+    ".d.ts": b"application/typescript; charset=utf-8",
+    ".js": b"application/javascript; charset=utf-8",
+    ".html": b"text/html; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
+
+# A file name we look up: no folders, no dot files, no odd characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
+
+
+def frontend_dir() -> Path:
+    """The folder with incoming.js: in the installed package, else the checkout's."""
+    installed = importlib.resources.files("incoming").joinpath("frontend")
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent / "frontend"
+
+
+def content_type(name: str) -> bytes | None:
+    for ending, value in CONTENT_TYPES.items():
+        if name.endswith(ending):
+            return value
+    return None
+
+
+def plain_text(request, status: int, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
+    return text.encode("utf-8")
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class _Version:
+    """One read of a file: what was on disk at (mtime, size)."""
+
+    mtime_ns: int
+    size: int
+    body: bytes
+    etag: bytes
+
+    @property
+    def last_modified(self) -> int:
+        return self.mtime_ns // 1_000_000_000
+
+
+class FileCache:
+    """Reads a file again only when its modification time or size changed."""
+
+    def __init__(self):
+        self._versions: dict[Path, _Version] = {}
+
+    def get(self, path: Path) -> _Version | None:
+        """The file's current content, or None if it is missing."""
+        try:
+            st = os.stat(path)
+            cached = self._versions.get(path)
+            if cached and (cached.mtime_ns, cached.size) == (st.st_mtime_ns, st.st_size):
+                return cached
+            body = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            self._versions.pop(path, None)
+            return None
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        version = _Version(st.st_mtime_ns, len(body), body, f'"{digest}"'.encode("ascii"))
+        self._versions[path] = version
+        return version
+
+
+def _etag_matches(header: bytes, etag: bytes) -> bool:
+    """If-None-Match uses the weak comparison: W/ prefixes do not count."""
+    wanted = etag.removeprefix(b"W/")
+    for tag in header.split(b","):
+        tag = tag.strip()
+        if tag == b"*" or tag.removeprefix(b"W/") == wanted:
+            return True
+    return False
+
+
+def _not_modified(request, version: _Version) -> bool:
+    if_none_match = request.getHeader(b"if-none-match")
+    if if_none_match is not None:  # it overrides If-Modified-Since (RFC 9110)
+        return _etag_matches(if_none_match, version.etag)
+    if_modified_since = request.getHeader(b"if-modified-since")
+    if if_modified_since is None:
+        return False
+    try:
+        since = stringToDatetime(if_modified_since)
+    except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+        return False  # an unreadable date is ignored, as RFC 9110 says
+    return version.last_modified <= since
+
+
+class StaticFile(Resource):
+    """One file of the frontend folder; GET and HEAD only."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path, cache: FileCache):
+        super().__init__()
+        self._path = path
+        self._type = content_type(path.name)
+        self._cache = cache
+
+    def render(self, request):
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return plain_text(
+                request, 405,
+                f"method {request.method.decode('latin-1')} not allowed; use GET\n",
+            )
+        version = None
+        if not request.postpath and self._type is not None:
+            version = self._cache.get(self._path)
+        if version is None:
+            return plain_text(request, 404, "no such file\n")
+        request.setHeader(b"etag", version.etag)
+        request.setHeader(b"last-modified", datetimeToString(version.last_modified))
+        request.setHeader(b"cache-control", b"no-cache")
+        if _not_modified(request, version):
+            # Finished here so that no "Content-Length: 0" goes out with the 304.
+            request.setResponseCode(304)
+            request.finish()
+            return NOT_DONE_YET
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", self._type)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.method == b"HEAD":
+            request.setHeader(b"content-length", b"%d" % version.size)
+            return b""
+        return version.body
+
+
+class StaticFolder(Resource):
+    """Files of one folder by name; the empty name (a trailing /) is ``index``.
+
+    Children added with putChild (an API, say) come first.
+    """
+
+    def __init__(self, folder: Path, cache: FileCache, index: str | None = None):
+        super().__init__()
+        self._folder = folder
+        self._cache = cache
+        self._index = index
+
+    def getChild(self, name, request):
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if not text and self._index:
+            text = self._index
+        if not _SAFE_NAME.match(text) or content_type(text) is None:
+            return _NotFound()
+        return StaticFile(self._folder / text, self._cache)
+
+    def render(self, request):
+        # /demo without the slash: relative links in the page need it.
+        request.setHeader(b"location", request.path + b"/")
+        return plain_text(request, 301, "moved to a trailing slash\n")
+
+
+class _NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request):
+        return plain_text(request, 404, "no such file\n")
+
+
+def library_files(frontend: Resource, cache: FileCache | None = None) -> None:
+    """Add incoming.js and incoming.d.ts to the /incoming/0.1/frontend/ folder."""
+    cache = cache or FileCache()
+    base = frontend_dir()
+    for name in ("incoming.js", "incoming.d.ts"):
+        frontend.putChild(name.encode("ascii"), StaticFile(base / name, cache))
