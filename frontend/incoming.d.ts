@@ -3,7 +3,7 @@
 // require() it where a CommonJS loader is present.
 
 declare namespace incoming {
-    /** Values of `Uploader.error_code`. 1-9 come from the server's MsgError. */
+    /** Values of `Uploader.error_code`. 1-10 come from the server's MsgError. */
     interface ErrorCodes {
         /** No error has occurred. */
         readonly NONE: -1;
@@ -27,8 +27,10 @@ declare namespace incoming {
         readonly SERVER_ERROR: 8;
         /** A cancel came too late: the file is being handed over. */
         readonly TOO_LATE: 9;
-        /** The browser could not read the file. */
-        readonly FILE_READ_ERROR: 10;
+        /** The server has no room for the rest of the file; a new Uploader may try later. */
+        readonly NO_SPACE: 10;
+        /** The browser could not read the file (detected by the library). */
+        readonly FILE_READ_ERROR: 11;
     }
 
     /** The numeric error codes, by name. */

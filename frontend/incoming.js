@@ -27,7 +27,7 @@
 
     var WS_PATH = "/incoming/0.1/frontend/upload_ws";
 
-    /* Values of Uploader.error_code. 1-9 are sent by the server in
+    /* Values of Uploader.error_code. 1-10 are sent by the server in
      * MsgError.ErrorCode; a 0.1 server sends 0 (GENERIC). */
     var ERROR = {
         NONE: -1,            // no error
@@ -41,7 +41,8 @@
         HANDOVER_FAILED: 7,  // the server could not hand the file to the backend
         SERVER_ERROR: 8,     // the server could not store the file
         TOO_LATE: 9,         // cancel refused: the file is being handed over
-        FILE_READ_ERROR: 10  // the browser could not read the file
+        NO_SPACE: 10,        // the server has no room for the file (try later)
+        FILE_READ_ERROR: 11  // the browser could not read the file (ours, not the server's)
     };
 
     // Errors after which retrying cannot help.

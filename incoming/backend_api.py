@@ -5,19 +5,22 @@ finish_upload.
 Parameters come from the query string or the form body (both as in 0.1).
 Every answer is text/plain: the value on 200, a message on an error.
 Status codes: 400 bad or missing parameter (including a malformed ticket
-id), 403 wrong backendSecret, 404 unknown ticket, 405 wrong method, 412 too
-late (cancel during or after the handover, finish when nothing waits).
+id), 401 missing or wrong bearer token (with --backend-token), 403 wrong
+backendSecret or a caller outside --backend-allow, 404 unknown ticket, 405
+wrong method, 412 too late (cancel during or after the handover, finish when
+nothing waits), 503 too many open uploads (--max-uploads).
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
-from .registry import parse_ticket_id
+from .ids import parse_ticket_id
 from .upload import REPLY_CANCEL, TooLate
 from .wire import ErrorCode
 
@@ -40,17 +43,51 @@ def text_response(request, status: int, text: str) -> bytes:
     return text.encode("utf-8")
 
 
+class BackendGuard:
+    """Who may call the backend API: optional address ranges and bearer token.
+
+    Off by default (0.1-compatible); the way to run without a reverse proxy.
+    """
+
+    def __init__(self, networks=(), token: str = ""):
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._token = token.encode("utf-8")
+
+    def check(self, request) -> None:
+        if self._networks:
+            host = getattr(request.getClientAddress(), "host", None)
+            try:
+                address = ipaddress.ip_address(host)
+            except (TypeError, ValueError):
+                address = None
+            if address is None or not any(address in n for n in self._networks):
+                raise ApiError(403, "this address may not call the backend API")
+        if self._token:
+            given = request.getHeader(b"authorization") or b""
+            scheme, _, token = given.partition(b" ")
+            valid = scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+            if not valid:
+                request.setHeader(b"www-authenticate", b'Bearer realm="incoming"')
+                raise ApiError(401, "missing or wrong bearer token")
+
+
 class BackendCall(Resource):
     """One POST-only function of the backend API."""
 
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, registry):
+    def __init__(self, registry, settings, guard: BackendGuard):
         super().__init__()
         self._registry = registry
+        self._settings = settings
+        self._guard = guard
 
     def render(self, request):
+        try:
+            self._guard.check(request)
+        except ApiError as e:
+            return text_response(request, e.status, f"{e}\n")
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             return text_response(
@@ -123,6 +160,9 @@ class NewUpload(BackendCall):
     """Issue a ticket; answer its id."""
 
     def call(self, params):
+        limit = self._settings.max_uploads
+        if limit and self._registry.open_count() >= limit:
+            raise ApiError(503, f"too many open uploads ({limit}); try again later")
         url = check_finish_url(params.required("signalFinishURL"))
         dest_type = params.optional("destType", "file")
         if dest_type != "file":
@@ -159,10 +199,11 @@ class FinishUpload(BackendCall):
         return "ok"
 
 
-def backend_api(registry) -> Resource:
+def backend_api(registry, settings) -> Resource:
     """The /incoming/0.1/backend/ folder."""
+    guard = BackendGuard(settings.backend_allow, settings.backend_token)
     folder = Resource()
-    folder.putChild(b"new_upload", NewUpload(registry))
-    folder.putChild(b"cancel_upload", CancelUpload(registry))
-    folder.putChild(b"finish_upload", FinishUpload(registry))
+    for name, call in ((b"new_upload", NewUpload), (b"cancel_upload", CancelUpload),
+                       (b"finish_upload", FinishUpload)):
+        folder.putChild(name, call(registry, settings, guard))
     return folder

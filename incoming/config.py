@@ -10,6 +10,8 @@ two cannot drift apart.
 
 from __future__ import annotations
 
+import ipaddress
+
 import attr
 import yaml
 
@@ -30,6 +32,13 @@ class Settings:
     websocket_timeout: float = 58.0
     handover_timeout: float = 55.0
     handover_confirm_timeout: float = 600.0
+    fsync: str = "complete"
+    max_file_size: int = 0
+    storage_reserve: int = 64 * 1024 * 1024
+    max_uploads: int = 0
+    allowed_origins: tuple = ()
+    backend_allow: tuple = ()
+    backend_token: str = attr.ib(default="", repr=False)
 
     @property
     def chunk_size(self) -> int:
@@ -76,6 +85,72 @@ def parse_seconds(value) -> float:
     if not 0 < value < 10 * 365 * 86400 or value != value:
         raise ConfigError(f"{value} seconds is not a positive duration")
     return float(value)
+
+
+FSYNC_LEVELS = ("none", "complete", "chunk")
+
+
+def parse_fsync(value) -> str:
+    if value not in FSYNC_LEVELS:
+        raise ConfigError(f"{value!r} is not one of {', '.join(FSYNC_LEVELS)}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value) -> int:
+    """Bytes, as a number or with a binary suffix: 500M, 20G, 1T."""
+    if isinstance(value, str):
+        text = value.strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+        number = text[: len(text) - len(unit)].strip()
+        try:
+            value = int(float(number) * _SIZE_UNITS[unit]) if number else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise ConfigError(f"{text!r} is not a size (e.g. 500M, 20G)")
+    return _integer(value, 0, 1 << 60)
+
+
+def parse_count(value) -> int:
+    return _integer(value, 0, 10_000_000)
+
+
+def parse_list(value) -> tuple:
+    """A comma-separated string or a YAML list of strings."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list) and all(isinstance(i, str) for i in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{value!r} is not a list of strings")
+    return tuple(item for item in items if item)
+
+
+def parse_origins(value) -> tuple:
+    origins = parse_list(value)
+    for origin in origins:
+        if "://" not in origin:
+            raise ConfigError(f"{origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
+def parse_networks(value) -> tuple:
+    networks = parse_list(value)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"{network!r} is not an IP address or CIDR range") from None
+    return networks
+
+
+def parse_secret(value) -> str:
+    if not isinstance(value, str):
+        raise ConfigError("is not a string")
+    return value.strip()
 
 
 def parse_text(value) -> str:
@@ -165,6 +240,60 @@ SETTINGS = [
         "HandoverConfirmTimeoutS",
         parse_seconds,
         "Seconds the backend has to call finish_upload after answering wait.",
+    ),
+    Setting(
+        "fsync",
+        "fsync",
+        "Fsync",
+        parse_fsync,
+        "When stored data is forced to disk: none (the OS decides; a power "
+        "loss may lose recent data), complete (before the handover), chunk "
+        "(before each chunk is acknowledged; slower).",
+    ),
+    Setting(
+        "max_file_size",
+        "max-file-size",
+        "MaxFileSize",
+        parse_size,
+        "Largest file accepted, in bytes (suffixes K, M, G, T); 0 means no limit.",
+    ),
+    Setting(
+        "storage_reserve",
+        "storage-reserve",
+        "StorageReserve",
+        parse_size,
+        "Free space to keep in the storage folder: an upload whose remaining "
+        "bytes do not fit above it is refused.",
+    ),
+    Setting(
+        "max_uploads",
+        "max-uploads",
+        "MaxUploads",
+        parse_count,
+        "Most uploads open at once (new_upload answers 503 beyond); 0 means no limit.",
+    ),
+    Setting(
+        "allowed_origins",
+        "allowed-origins",
+        "AllowedOrigins",
+        parse_origins,
+        "Comma-separated web page origins allowed to open upload WebSockets "
+        "(wildcards allowed: https://*.example.com); empty means any, as 0.1.",
+    ),
+    Setting(
+        "backend_allow",
+        "backend-allow",
+        "BackendAllow",
+        parse_networks,
+        "Comma-separated IP addresses or CIDR ranges allowed to call the "
+        "backend API; empty means any.",
+    ),
+    Setting(
+        "backend_token",
+        "backend-token",
+        "BackendToken",
+        parse_secret,
+        "If set, backend API calls must send 'Authorization: Bearer TOKEN'.",
     ),
 ]
 

@@ -48,8 +48,11 @@ class BackendClient:
         return exchange().addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
 
     @inlineCallbacks
-    def hand_over(self, ticket, path: str, browser_name: str):
-        """Offer the finished file; fire with DONE or WAIT, or HandoverFailed."""
+    def hand_over(self, ticket, path: str, browser_name: str, sha256: str):
+        """Offer the finished file; fire with DONE or WAIT, or HandoverFailed.
+
+        ``sha256`` (hex) is an addition to the 0.1 form; 0.1 backends ignore it.
+        """
         fields = {
             "id": ticket.id,
             "backendSecret": ticket.backend_secret,
@@ -57,6 +60,7 @@ class BackendClient:
             "filenameFromBrowser": browser_name,
             "cancelled": "no",
             "cancelReason": "",
+            "sha256": sha256,
         }
         try:
             code, body = yield self._post(ticket.signal_finish_url, fields)

@@ -10,6 +10,7 @@ folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 PART_SUFFIX = ".part"
@@ -28,6 +29,11 @@ class Storage:
     def prepare(self) -> None:
         """Create the folder if missing; leave whatever is in it alone."""
         os.makedirs(self.folder, exist_ok=True)
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use in the folder."""
+        stats = os.statvfs(self.folder)
+        return stats.f_bavail * stats.f_frsize
 
     def final_path(self, upload_id: str) -> str:
         return os.path.join(self.folder, upload_id)
@@ -52,6 +58,38 @@ class Storage:
         except OSError as e:
             raise StorageError(f"cannot reopen {path}: {e.strerror}") from None
         return PartFile(self, upload_id, fd, os.fstat(fd).st_size)
+
+    def stored_size(self, upload_id: str, length: int) -> int:
+        """After a restart: how many bytes of the upload are on disk.
+
+        A complete file may already carry its final name.  A .part file
+        longer than the announced length is trimmed to it; a missing one is
+        created empty, so the upload resumes from 0 instead of failing.
+        """
+        final = self.final_path(upload_id)
+        part = self.part_path(upload_id)
+        if not os.path.exists(part) and os.path.exists(final):
+            return os.path.getsize(final)
+        try:
+            size = os.path.getsize(part)
+        except FileNotFoundError:
+            self.create(upload_id).close()
+            return 0
+        if size > length:
+            os.truncate(part, length)
+            size = length
+        return size
+
+    def complete_existing(self, upload_id: str, sync: bool) -> str:
+        """Give a complete file that is not open its final name."""
+        part = self.part_path(upload_id)
+        final = self.final_path(upload_id)
+        if os.path.exists(part):
+            file = self.reopen(upload_id)
+            return file.complete(sync=sync)
+        if not os.path.exists(final):
+            raise StorageError(f"the file of upload {upload_id} is gone")
+        return final
 
 
 class PartFile:
@@ -82,8 +120,14 @@ class PartFile:
     def sync(self) -> None:
         os.fsync(self._fd)
 
-    def complete(self) -> str:
-        """Close and rename to the final name; return that path."""
+    def complete(self, sync: bool = False) -> str:
+        """Close and rename to the final name; return that path.
+
+        With ``sync``, the data reach the disk before the rename (may take
+        seconds for a large file: run it in a worker thread).
+        """
+        if sync:
+            os.fsync(self._fd)
         self.close()
         final = self._storage.final_path(self._id)
         try:
@@ -100,3 +144,12 @@ def remove_quietly(path: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def sha256_of_file(path: str) -> str:
+    """Hex sha256 of a whole file (blocking: run it in a worker thread)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

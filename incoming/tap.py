@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -21,7 +21,13 @@ DEFAULTS = Settings()
 
 def _default_text(field: str) -> str:
     value = getattr(DEFAULTS, field)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    if field == "backend_token":
+        return "none"
+    return str(value)
 
 
 class Options(usage.Options):
@@ -29,9 +35,17 @@ class Options(usage.Options):
     longdesc = (
         "Run the Incoming!! upload server: backend API under "
         "/incoming/0.1/backend/, WebSocket uploads at "
-        "/incoming/0.1/frontend/upload_ws.  Command-line options override "
+        "/incoming/0.1/frontend/upload_ws, the JavaScript library at "
+        "/incoming/0.1/frontend/incoming.js.  Command-line options override "
         "the --config file, which overrides the defaults."
     )
+    optFlags = [
+        ["demo", None,
+         "Also serve a demo web app at /demo/ that plays the app backend "
+         "(gets tickets, takes handovers, lists sha256 of received files). "
+         "Anyone who reaches it can upload: not for a public server. "
+         "[default: off]"],
+    ]
     optParameters = [
         ["config", "c", None,
          "Read settings from a 0.1 incoming_cfg.yaml (keys IncomingIP, "
@@ -91,6 +105,16 @@ class Options(usage.Options):
             raise usage.UsageError(f"--storage-dir (StorageDir) {folder!r} is not writable")
 
 
+def in_thread_pool(reactor):
+    """Run blocking file work (fsync, hashing) in the reactor's thread pool."""
+    from twisted.internet.threads import deferToThreadPool
+
+    def run_blocking(f, *args):
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    return run_blocking
+
+
 def makeService(config) -> MultiService:
     from twisted.internet import reactor
     from treq.client import HTTPClient
@@ -100,9 +124,24 @@ def makeService(config) -> MultiService:
 
     settings = config.settings
     http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
-    site, _registry = make_site(settings, reactor, http)
+    site, registry = make_site(settings, reactor, http, demo=bool(config["demo"]),
+                               run_blocking=in_thread_pool(reactor))
     service = MultiService()
     StreamServerEndpointService(
         serverFromString(reactor, settings.listen), site
     ).setServiceParent(service)
+    GracefulStop(registry, reactor).setServiceParent(service)  # stops first
     return service
+
+
+class GracefulStop(Service):
+    """At shutdown, tell connected browsers "going away" (close code 1001)
+    before the reactor stops; their uploads are saved and resume later."""
+
+    def __init__(self, registry, clock):
+        self._registry = registry
+        self._clock = clock
+
+    def stopService(self):
+        super().stopService()
+        return self._registry.close_connections(self._clock)

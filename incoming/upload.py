@@ -20,12 +20,15 @@ Time comes from the injected clock, HTTP from the injected backend client.
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any, Callable
+
 import attr
 from automat import MethodicalMachine
 from twisted.logger import Logger
 
 from .handover import DONE, HandoverFailed
-from .storage import StorageError, remove_quietly
+from .storage import StorageError, remove_quietly, sha256_of_file
 from .wire import ErrorCode
 
 # How long a finished or cancelled upload is remembered, in seconds.
@@ -40,6 +43,18 @@ class Ticket:
     signal_finish_url: str
     backend_secret: str = attr.ib(repr=False, default="")
     remove_file_when_finished: bool = True
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Services:
+    """What every upload needs from the server, shared by all uploads."""
+
+    settings: Any
+    storage: Any  # incoming.storage.Storage
+    journal: Any  # incoming.journal.Journal
+    backend: Any  # incoming.handover.BackendClient
+    clock: Any  # IReactorTime: the reactor, or a Clock in tests
+    run_blocking: Callable  # (f, *args) -> Deferred; a thread pool in production
 
 
 class TooLate(Exception):
@@ -58,22 +73,80 @@ class Upload:
     _machine = MethodicalMachine()
     _log = Logger()
 
-    def __init__(self, ticket: Ticket, settings, storage, backend, clock, forget):
+    def __init__(self, ticket: Ticket, services: Services, forget, idle_left=None):
         self.ticket = ticket
-        self._settings = settings
-        self._storage = storage
-        self._backend = backend
-        self._clock = clock
+        self._settings = services.settings
+        self._storage = services.storage
+        self._journal = services.journal
+        self._backend = services.backend
+        self._clock = services.clock
+        self._run_blocking = services.run_blocking
         self._forget_me = forget
         self.length: int | None = None
         self.browser_name = ""
         self.received = 0  # bytes stored in the file
+        self.sha256: str | None = None  # hex digest, once the file is complete
+        self._digest = None  # sha256 of the bytes stored so far, if known
         self._file = None
         self._channel = None
         self.cancel_reason: str | None = None
-        self._idle_timer = clock.callLater(settings.idle_timeout, self._idle_expired)
+        self._touched_at = self._clock.seconds()
+        self._waiting_since: float | None = None
+        if idle_left is None:
+            idle_left = self._settings.idle_timeout
+        self._idle_timer = self._clock.callLater(idle_left, self._idle_expired)
         self._confirm_timer = None
         self._path: str | None = None
+
+    @classmethod
+    def restore(cls, record: dict, services: Services, forget) -> "Upload":
+        """Rebuild an upload from its journal record and the bytes on disk.
+
+        An upload that was uploading or paused resumes from the bytes in its
+        .part file; a complete one is handed over (again); one waiting for
+        finish_upload keeps waiting.  Timers continue from the recorded times.
+        """
+        ticket = Ticket(
+            id=record["id"],
+            signal_finish_url=record["signal_finish_url"],
+            backend_secret=record["backend_secret"],
+            remove_file_when_finished=record["remove_file_when_finished"],
+        )
+        now = services.clock.seconds()
+        touched_at = min(record["touched_at"], now)
+        idle_left = max(0.0, services.settings.idle_timeout - (now - touched_at))
+        upload = cls(ticket, services, forget, idle_left=idle_left)
+        upload._touched_at = touched_at
+        upload.length = record["length"]
+        upload.browser_name = record["browser_name"]
+        state = record["state"]
+        if upload.length is None:
+            upload._restore_state("created")
+            return upload
+        stored = services.storage.stored_size(ticket.id, upload.length)
+        if state == "waiting_for_finish":
+            upload.received = upload.length
+            upload._path = services.storage.final_path(ticket.id)
+            upload.sha256 = record.get("sha256")
+            upload._restore_state("waiting_for_finish")
+            upload._stop_idle()
+            waited = now - min(record["waiting_since"], now)
+            upload._waiting_since = now - waited
+            upload._arm_confirm_timer(max(0.0, services.settings.handover_confirm_timeout - waited))
+        elif state == "handing_over" or stored == upload.length:
+            upload.received = upload.length
+            upload._restore_state("handing_over")
+            upload._stop_idle()
+            services.clock.callLater(0, upload._resume_handover)
+        else:
+            upload.received = stored
+            upload._restore_state("paused")
+        return upload
+
+    @property
+    def channel(self):
+        """The browser connection bound to this upload, if any."""
+        return self._channel
 
     @property
     def state(self) -> str:
@@ -84,6 +157,12 @@ class Upload:
 
     def connect(self, channel, length: int, name: str) -> None:
         """A browser's MsgUploadReq for this ticket."""
+        limit = self._settings.max_file_size
+        if self.length is None and limit and length > limit and self.state == "created":
+            reason = f"file of {length} bytes is larger than the limit of {limit} bytes"
+            channel.fail(ErrorCode.FILE_TOO_LARGE, reason)
+            self._cancel(reason, ErrorCode.FILE_TOO_LARGE, REPLY_ERROR)
+            return
         if self.length is None:
             self.length, self.browser_name = length, name
         elif length != self.length:
@@ -93,6 +172,8 @@ class Upload:
                 "announced when this upload started",
             )
             return
+        if self.state in ("created", "paused") and not self._space_for_the_rest(channel):
+            return
         try:
             self._connect(channel)
         except StorageError as e:
@@ -100,6 +181,23 @@ class Upload:
             self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR)
             return
         self._complete_if_all_stored()
+
+    def _space_for_the_rest(self, channel) -> bool:
+        """Refuse (without cancelling) when the rest of the file cannot fit."""
+        missing = self.length - self.received
+        needed = missing + self._settings.storage_reserve
+        try:
+            free = self._storage.free_bytes()
+        except OSError:
+            return True  # the open or write that follows will report it
+        if missing and free < needed:
+            self._log.warn("upload {id}: refused, {needed} bytes needed, {free} free",
+                           id=self.ticket.id, needed=needed, free=free)
+            channel.fail(ErrorCode.NO_SPACE,
+                         f"not enough free space on the server for the remaining "
+                         f"{missing} bytes; try again later")
+            return False
+        return True
 
     def disconnect(self, channel) -> None:
         """The channel closed, for whatever reason."""
@@ -168,11 +266,7 @@ class Upload:
 
     def _complete_if_all_stored(self) -> None:
         if self.state == "uploading" and self.received == self.length:
-            try:
-                self._complete()
-            except StorageError as e:
-                self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
-                self._storage_failed_at_end(str(e))
+            self._complete()
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
@@ -220,6 +314,10 @@ class Upload:
     def _state_name(self, state):
         return state
 
+    @_machine.unserializer()
+    def _restore_state(self, state):
+        return state
+
     # ---- inputs -----------------------------------------------------------
 
     @_machine.input()
@@ -248,7 +346,11 @@ class Upload:
 
     @_machine.input()
     def _storage_failed_at_end(self, reason):
-        "The complete file could not be renamed."
+        "The complete file could not be synced, renamed or read."
+
+    @_machine.input()
+    def _resume_handover(self):
+        "After a restart: hand the complete file over (again)."
 
     @_machine.input()
     def _cancel(self, reason, code, reply):
@@ -279,10 +381,13 @@ class Upload:
     @_machine.output()
     def _create_file(self):
         self._file = self._storage.create(self.ticket.id)
+        self._digest = hashlib.sha256()
 
     @_machine.output()
     def _reopen_file(self):
         self._file = self._storage.reopen(self.ticket.id)
+        if self._file.size != self.received:  # changed behind our back
+            self._digest = None
         self.received = self._file.size  # what is on disk, not a counter
 
     @_machine.output()
@@ -353,19 +458,50 @@ class Upload:
 
     @_machine.output()
     def _touch(self):
+        self._touched_at = self._clock.seconds()
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self._settings.idle_timeout)
 
     @_machine.output()
     def _stop_idle_timer(self):
+        self._stop_idle()
+
+    def _stop_idle(self):
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
 
     @_machine.output()
+    def _save_record(self):
+        self.save()
+
+    def save(self) -> None:
+        """Write this upload's journal record (atomically)."""
+        self._journal.save(self.ticket.id, {
+            "id": self.ticket.id,
+            "signal_finish_url": self.ticket.signal_finish_url,
+            "backend_secret": self.ticket.backend_secret,
+            "remove_file_when_finished": self.ticket.remove_file_when_finished,
+            "length": self.length,
+            "browser_name": self.browser_name,
+            "state": self.state,
+            "touched_at": self._touched_at,
+            "waiting_since": self._waiting_since,
+            "sha256": self.sha256,
+        })
+
+    @_machine.output()
+    def _drop_record(self):
+        self._journal.delete(self.ticket.id)
+
+    @_machine.output()
     def _store_chunk(self, data):
         self._file.append(data)
         self.received += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
+        if self._settings.fsync == "chunk":
+            self._file.sync()  # acknowledged means durable
         self._channel.send_chunk_ack(len(data))
 
     @_machine.output()
@@ -378,18 +514,37 @@ class Upload:
                              ErrorCode.PROTOCOL, REPLY_ERROR)
 
     @_machine.output()
-    def _finish_file(self):
-        self._path = self._file.complete()
-        self._file = None
-        self._log.info(
-            "upload {id}: complete, {length} bytes in {path}",
-            id=self.ticket.id, length=self.length, path=self._path,
-        )
+    def _seal_and_hand_over(self):
+        # Last output of its transition: results may arrive synchronously.
+        file, self._file = self._file, None
+        digest = self._digest
+        d = self._run_blocking(self._seal, file, digest)
+        d.addCallbacks(self._hand_over, self._seal_failed)
+        d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
 
-    @_machine.output()
-    def _start_handover(self):
-        # Last output of its transition: the answer may arrive synchronously.
-        d = self._backend.hand_over(self.ticket, self._path, self.browser_name)
+    def _seal(self, file, digest):
+        """In a worker thread: make the file durable, give it its final name
+        and compute its sha256 if the stream did not (e.g. after a restart)."""
+        sync = self._settings.fsync != "none"
+        if file is not None:
+            path = file.complete(sync=sync)
+        else:
+            path = self._storage.complete_existing(self.ticket.id, sync=sync)
+        sha256 = digest.hexdigest() if digest is not None else sha256_of_file(path)
+        return path, sha256
+
+    def _seal_failed(self, failure):
+        failure.trap(StorageError, OSError)
+        self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
+        self._storage_failed_at_end(f"cannot complete the file: {failure.value}")
+
+    def _hand_over(self, sealed):
+        self._path, self.sha256 = sealed
+        self._log.info(
+            "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
+            id=self.ticket.id, length=self.length, path=self._path, sha256=self.sha256,
+        )
+        d = self._backend.hand_over(self.ticket, self._path, self.browser_name, self.sha256)
 
         def answered(answer):
             if answer == DONE:
@@ -411,8 +566,12 @@ class Upload:
     @_machine.output()
     def _start_confirm_timer(self):
         self._log.info("upload {id}: backend answered wait", id=self.ticket.id)
+        self._waiting_since = self._clock.seconds()
+        self._arm_confirm_timer(self._settings.handover_confirm_timeout)
+
+    def _arm_confirm_timer(self, delay):
         self._confirm_timer = self._clock.callLater(
-            self._settings.handover_confirm_timeout,
+            delay,
             lambda: self._handover_failed(
                 "backend did not call finish_upload within "
                 f"{self._settings.handover_confirm_timeout:g} s"
@@ -492,12 +651,14 @@ class Upload:
 
     # ---- transitions ------------------------------------------------------
 
-    _cancelling = [_stop_idle_timer, _record_cancel, _discard_file]
+    _cancelling = [_stop_idle_timer, _record_cancel, _drop_record, _discard_file]
+    _finishing = [_stop_confirm_timer, _drop_record, _announce_done, _remove_file_if_asked,
+                  _schedule_forget]
 
     created.upon(_connect, enter=uploading,
-                 outputs=[_bind, _create_file, _log_connected, _send_conf, _touch])
+                 outputs=[_bind, _create_file, _log_connected, _touch, _save_record, _send_conf])
     paused.upon(_connect, enter=uploading,
-                outputs=[_bind, _reopen_file, _log_connected, _send_conf, _touch])
+                outputs=[_bind, _reopen_file, _log_connected, _touch, _send_conf])
     uploading.upon(_connect, enter=uploading, outputs=[_refuse_busy])
     handing_over.upon(_connect, enter=handing_over, outputs=[_bind_waiter])
     waiting_for_finish.upon(_connect, enter=waiting_for_finish, outputs=[_bind_waiter])
@@ -505,12 +666,12 @@ class Upload:
     cancelled.upon(_connect, enter=cancelled, outputs=[_refuse_cancelled])
 
     uploading.upon(_disconnect, enter=paused,
-                   outputs=[_unbind, _close_file, _touch, _log_disconnected])
+                   outputs=[_unbind, _close_file, _touch, _save_record, _log_disconnected])
     for _state in (handing_over, waiting_for_finish, finished, cancelled):
         _state.upon(_disconnect, enter=_state, outputs=[_unbind])
 
     uploading.upon(_pause, enter=paused,
-                   outputs=[_unbind, _close_file, _touch, _log_paused])
+                   outputs=[_unbind, _close_file, _touch, _save_record, _log_paused])
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_pause, enter=_state, outputs=[])
 
@@ -522,26 +683,24 @@ class Upload:
         _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
     uploading.upon(_complete, enter=handing_over,
-                   outputs=[_stop_idle_timer, _finish_file, _start_handover])
-    # _finish_file runs after the machine entered handing_over
+                   outputs=[_stop_idle_timer, _save_record, _seal_and_hand_over])
+    handing_over.upon(_resume_handover, enter=handing_over, outputs=[_seal_and_hand_over])
     handing_over.upon(_storage_failed_at_end, enter=cancelled,
-                   outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget])
+                      outputs=_cancelling + [_tell_browser_server_error, _report_cancel,
+                                             _schedule_forget])
 
     for _state in (created, paused, uploading):
         _state.upon(_cancel, enter=cancelled,
                     outputs=_cancelling + [_tell_browser, _report_cancel, _schedule_forget])
     cancelled.upon(_cancel, enter=cancelled, outputs=[])
 
-    handing_over.upon(_handover_done, enter=finished,
-                      outputs=[_announce_done, _remove_file_if_asked, _schedule_forget])
+    handing_over.upon(_handover_done, enter=finished, outputs=_finishing)
     handing_over.upon(_handover_wait, enter=waiting_for_finish,
-                      outputs=[_start_confirm_timer])
-    waiting_for_finish.upon(_finish, enter=finished,
-                            outputs=[_stop_confirm_timer, _announce_done,
-                                     _remove_file_if_asked, _schedule_forget])
+                      outputs=[_start_confirm_timer, _save_record])
+    waiting_for_finish.upon(_finish, enter=finished, outputs=_finishing)
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_handover_failed, enter=cancelled,
-                    outputs=[_stop_confirm_timer, _record_cancel, _discard_file,
+                    outputs=[_stop_confirm_timer, _record_cancel, _drop_record, _discard_file,
                              _tell_browser_handover_failed, _report_cancel, _schedule_forget])
 
     for _state in (finished, cancelled):

@@ -8,23 +8,31 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from .backend_api import backend_api
+from .demo import demo_resource
 from .handover import BackendClient
-from .registry import UploadRegistry
+from .registry import UploadRegistry, run_here
+from .static import FileCache, library_files
 from .storage import Storage
 from .wsproto import UploadFactory
 
 
-def build_root(registry, settings, clock) -> Resource:
-    """/incoming/0.1/backend/* and /incoming/0.1/frontend/upload_ws."""
+def build_root(registry, settings, clock, demo: bool = False,
+               run_blocking=run_here) -> Resource:
+    """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
+    incoming.js beside it; /demo/ too when ``demo`` is true."""
+    files = FileCache()
     frontend = Resource()
     frontend.putChild(b"upload_ws", WebSocketResource(UploadFactory(registry, settings, clock)))
+    library_files(frontend, files)
     version = Resource()
-    version.putChild(b"backend", backend_api(registry))
+    version.putChild(b"backend", backend_api(registry, settings))
     version.putChild(b"frontend", frontend)
     incoming = Resource()
     incoming.putChild(b"0.1", version)
     root = Resource()
     root.putChild(b"incoming", incoming)
+    if demo:
+        root.putChild(b"demo", demo_resource(registry, clock, run_blocking, files))
     return root
 
 
@@ -48,16 +56,21 @@ def access_log_line(timestamp, request) -> str:
     return combinedLogFormatter(timestamp, _PathOnly(request))
 
 
-def make_site(settings, clock, http) -> tuple[Site, UploadRegistry]:
+def make_site(settings, clock, http, demo: bool = False,
+              run_blocking=run_here) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry.
 
     ``clock`` is the reactor (or a Clock in tests); ``http`` is a treq
-    HTTPClient (or StubTreq) used for the handover calls.
+    HTTPClient (or StubTreq) used for the handover calls; ``run_blocking``
+    runs file syncing and hashing (a thread pool in production).  ``demo`` adds
+    the /demo/ web app.
     """
     storage = Storage(settings.storage_dir)
     storage.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout)
-    registry = UploadRegistry(settings, storage, backend, clock)
-    site = Site(build_root(registry, settings, clock), logFormatter=access_log_line)
+    registry = UploadRegistry(settings, storage, backend, clock, run_blocking)
+    registry.restore()
+    site = Site(build_root(registry, settings, clock, demo, run_blocking),
+                logFormatter=access_log_line)
     site.displayTracebacks = False
     return site, registry

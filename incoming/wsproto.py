@@ -10,6 +10,9 @@ The protocol object is also the upload's *channel*: the upload calls
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from autobahn.util import wildcards2patterns
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from . import wire
@@ -17,6 +20,7 @@ from .upload import REPLY_ERROR
 from .wire import ErrorCode, ProtocolError
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
 
 # After MsgPause the browser closes; if it does not, we do after this long.
 PAUSE_CLOSE_GRACE = 5.0
@@ -27,9 +31,17 @@ class UploadProtocol(WebSocketServerProtocol):
 
     _log = Logger()
 
+    def onConnect(self, request):
+        patterns = self.factory.origin_patterns
+        if patterns and not any(p.match(request.origin or "") for p in patterns):
+            self._log.info("refused a WebSocket from origin {origin}", origin=request.origin)
+            raise ConnectionDeny(403, f"origin {request.origin!r} not allowed")
+        return None
+
     def onOpen(self):
         self._upload = None
         self._closing = False
+        self.closed = Deferred()  # fires when the connection is gone
         self._deadline = self.factory.clock.callLater(
             self.factory.settings.websocket_timeout, self._no_request
         )
@@ -112,6 +124,9 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._closing = True
+        closed, self.closed = getattr(self, "closed", None), None
+        if closed is not None:
+            self.factory.clock.callLater(0, closed.callback, None)
         if getattr(self, "_deadline", None) is not None:
             self._cancel_deadline()
         upload = getattr(self, "_upload", None)
@@ -154,6 +169,15 @@ class UploadProtocol(WebSocketServerProtocol):
             self._closing = True
             self.sendClose(CLOSE_NORMAL)
 
+    def going_away(self) -> Deferred:
+        """The server stops: close with 1001; the browser will resume later."""
+        closed = self.closed or succeed(None)
+        if not self._closing:
+            self._closing = True
+            # sendClose() only takes 1000 and 3000-4999; 1001 is a protocol code.
+            self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"server restarting")
+        return closed
+
 
 class UploadFactory(WebSocketServerFactory):
     """Builds UploadProtocol; holds the registry, settings and clock."""
@@ -165,6 +189,8 @@ class UploadFactory(WebSocketServerFactory):
         self.registry = registry
         self.settings = settings
         self.clock = clock
+        # By default any origin, as 0.1 (file:// pages send "null").
+        self.origin_patterns = wildcards2patterns(list(settings.allowed_origins))
         timeout = settings.websocket_timeout
         self.setProtocolOptions(
             # No client can make us buffer more than one chunk.
@@ -173,7 +199,7 @@ class UploadFactory(WebSocketServerFactory):
             # Tell the browser why before closing; do not just drop it.
             failByDrop=False,
             webStatus=False,  # no Autobahn status page for plain GETs
-            # Any origin, as 0.1 (file:// pages send "null").
+            # Origins are checked in onConnect (403, not Autobahn's 400).
             allowedOrigins=["*"],
             allowNullOrigin=True,
             openHandshakeTimeout=timeout,

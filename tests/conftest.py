@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from incoming.config import Settings
+from incoming.tap import in_thread_pool
 from incoming.web import make_site
 
 
@@ -111,14 +112,18 @@ def make_settings(tmp_path, **overrides) -> Settings:
     return Settings(**values)
 
 
-async def start_server(tmp_path, **overrides):
-    """A real server and test backend on loopback ports; returns (server, stop)."""
+async def start_server(tmp_path, backend_port_number=0, **overrides):
+    """A real server and test backend on loopback ports; returns (server, stop).
+
+    A restart test passes the previous backend's port number, so that the
+    signalFinishURL recorded in its tickets reaches the new backend.
+    """
     backend = FakeBackend()
-    backend_port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+    backend_port = reactor.listenTCP(backend_port_number, Site(backend), interface="127.0.0.1")
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))
     settings = make_settings(tmp_path, **overrides)
-    site, registry = make_site(settings, reactor, http)
+    site, registry = make_site(settings, reactor, http, run_blocking=in_thread_pool(reactor))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     server = RunningServer(
         port=port.getHost().port,
@@ -130,6 +135,9 @@ async def start_server(tmp_path, **overrides):
     )
 
     async def stop():
+        for upload in registry:  # as a stopping server does: close connections
+            if upload.channel is not None:
+                upload.channel.transport.abortConnection()
         for request in backend.hanging:
             if not request.finished and not request._disconnected:
                 request.finish()

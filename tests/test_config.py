@@ -38,6 +38,13 @@ HELP_DEFAULTS = {
     "websocket_timeout": "58",
     "handover_timeout": "55",
     "handover_confirm_timeout": "600",
+    "fsync": "complete",
+    "max_file_size": "0",
+    "storage_reserve": "67108864",
+    "max_uploads": "0",
+    "allowed_origins": "none",
+    "backend_allow": "none",
+    "backend_token": "none",
 }
 
 ALL_KEYS_YAML = """\
@@ -356,3 +363,13 @@ def test_twistd_refuses_an_impossible_config_value(tmp_path):
     )
     assert result.returncode != 0
     assert "UploadSendAhead" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("level", ["none", "complete", "chunk"])
+def test_fsync_levels(level):
+    assert settings("--fsync", level).fsync == level
+
+
+def test_unknown_fsync_level_is_refused():
+    with pytest.raises(UsageError, match="--fsync"):
+        settings("--fsync", "sometimes")

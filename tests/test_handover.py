@@ -18,6 +18,7 @@ from incoming.upload import Ticket
 
 TIMEOUT = 55.0
 URL = "http://backend.example/api/hand_over_upload"
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256 of "test"
 TICKET = Ticket(
     id="6f1c7e2a-5b1d-4c1e-9a55-3f2b0c9d1e77",
     signal_finish_url=URL,
@@ -108,7 +109,7 @@ def handover_failure(d, stub=None) -> str:
 def test_handover_posts_the_form_the_backend_expects(clock):
     backend = FakeBackend(body=b"done")
     client, stub = client_for(backend, clock)
-    outcome(client.hand_over(TICKET, "/srv/incoming/" + TICKET.id, "Urlaub 2024.jpg"), stub)
+    outcome(client.hand_over(TICKET, "/srv/incoming/" + TICKET.id, "Urlaub 2024.jpg", SHA), stub)
     (request,) = backend.requests
     assert request["method"] == b"POST"
     assert request["path"] == b"/api/hand_over_upload"
@@ -120,6 +121,7 @@ def test_handover_posts_the_form_the_backend_expects(clock):
         "filenameFromBrowser": "Urlaub 2024.jpg",
         "cancelled": "no",
         "cancelReason": "",
+        "sha256": SHA,
     }
 
 
@@ -135,30 +137,30 @@ def test_handover_posts_the_form_the_backend_expects(clock):
 )
 def test_done_and_wait_answers(body, answer, clock):
     client, stub = client_for(FakeBackend(body=body), clock)
-    assert outcome(client.hand_over(TICKET, "/f", "a.txt"), stub) == answer
+    assert outcome(client.hand_over(TICKET, "/f", "a.txt", SHA), stub) == answer
 
 
 def test_http_500_fails_the_handover_even_if_the_body_says_done(clock):
     client, stub = client_for(FakeBackend(status=500, body=b"done"), clock)
-    text = handover_failure(client.hand_over(TICKET, "/f", "a.txt"), stub)
+    text = handover_failure(client.hand_over(TICKET, "/f", "a.txt", SHA), stub)
     assert "500" in text
 
 
 def test_http_404_fails_the_handover(clock):
     client, stub = client_for(FakeBackend(status=404, body=b"no such page"), clock)
-    assert "404" in handover_failure(client.hand_over(TICKET, "/f", "a.txt"), stub)
+    assert "404" in handover_failure(client.hand_over(TICKET, "/f", "a.txt", SHA), stub)
 
 
 @pytest.mark.parametrize("body", [b"<html>ok</html>", b"", b"finished", b"ok"])
 def test_an_answer_other_than_done_or_wait_fails(body, clock):
     client, stub = client_for(FakeBackend(body=body), clock)
-    handover_failure(client.hand_over(TICKET, "/f", "a.txt"), stub)
+    handover_failure(client.hand_over(TICKET, "/f", "a.txt", SHA), stub)
 
 
 def test_a_backend_that_never_answers_fails_after_the_timeout(clock):
     backend = FakeBackend(body=None)
     client, stub = client_for(backend, clock)
-    d = client.hand_over(TICKET, "/f", "a.txt")
+    d = client.hand_over(TICKET, "/f", "a.txt", SHA)
     stub.flush()
     assert len(backend.requests) == 1
     clock.advance(TIMEOUT - 1)
@@ -171,14 +173,14 @@ def test_a_backend_that_never_answers_fails_after_the_timeout(clock):
 def test_connection_refused_fails_the_handover(clock):
     http = RefusingHttp()
     client = BackendClient(http, clock, TIMEOUT)
-    text = handover_failure(client.hand_over(TICKET, "/f", "a.txt"))
+    text = handover_failure(client.hand_over(TICKET, "/f", "a.txt", SHA))
     assert "refused" in text.lower()
     assert http.posts == 1
 
 
 def test_a_handover_that_answers_in_time_leaves_no_timer(clock):
     client, stub = client_for(FakeBackend(body=b"wait"), clock)
-    assert outcome(client.hand_over(TICKET, "/f", "a.txt"), stub) == WAIT
+    assert outcome(client.hand_over(TICKET, "/f", "a.txt", SHA), stub) == WAIT
     assert clock.getDelayedCalls() == []
 
 

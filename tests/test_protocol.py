@@ -57,6 +57,7 @@ async def test_full_upload_is_handed_over_with_the_same_bytes(server):
     assert call["filenameFromBrowser"] == "holiday.mov"
     assert call["filename"] == os.path.join(server.storage_dir, ticket)
     assert sha256(call["content"]) == sha256(data)
+    assert call["sha256"] == sha256(data)
     # removeFileWhenFinished=false: the backend may keep using the file
     assert file_sha256(call["filename"]) == sha256(data)
     assert os.listdir(server.storage_dir) == [ticket]
@@ -103,6 +104,7 @@ async def test_dropped_connection_resumes_where_it_stopped(server):
     assert second.acked == 320 * 1024
     assert second.last()[0] == "MsgAllDone"
     assert file_sha256(os.path.join(server.storage_dir, ticket)) == sha256(data)
+    assert server.backend.calls[0]["sha256"] == sha256(data)
 
 
 @pytest_twisted.ensureDeferred
@@ -279,10 +281,10 @@ async def test_reconnect_during_handover_waits_for_the_end(server):
     first = await upload(server.port, ticket, data=data, stop_at=64 * 1024, action="drop")
     await server.backend.wait_for_calls(1)
     upload_ = server.registry.get(ticket)
-    await wait_until(lambda: upload_.state == "waiting_for_finish" and upload_._channel is None)
+    await wait_until(lambda: upload_.state == "waiting_for_finish" and upload_.channel is None)
     assert first.acked == 64 * 1024
     second = upload(server.port, ticket, data=data)
-    await wait_until(lambda: upload_._channel is not None)
+    await wait_until(lambda: upload_.channel is not None)
     code, _ = await server.call("finish_upload", id=ticket)
     assert code == 200
     outcome = await second

@@ -47,7 +47,7 @@ def test_plugin_is_found_after_a_regular_install(tmp_path):
 class TwistdServer:
     """`twistd -n incoming` on a free loopback port, in tmp_path."""
 
-    def __init__(self, tmp_path, *args):
+    def __init__(self, tmp_path, *args, preexec_fn=None):
         self.port = free_port()
         self.storage = tmp_path / "storage"
         self.log_path = tmp_path / "twistd.log"
@@ -57,6 +57,7 @@ class TwistdServer:
              "--port", f"tcp:{self.port}:interface=127.0.0.1",
              "--storage-dir", str(self.storage), *args],
             cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     async def ready(self, timeout=30.0):

@@ -7,6 +7,7 @@ answer the test decides.  No network, no reactor, no sleeping.
 from __future__ import annotations
 
 import os
+import shutil
 
 import attr
 import pytest
@@ -96,6 +97,7 @@ class Handover:
     name: str
     deferred: Deferred
     content: bytes | None
+    sha256: str | None = None
 
 
 class FakeBackend:
@@ -105,13 +107,13 @@ class FakeBackend:
         self.handovers: list[Handover] = []
         self.cancels: list[tuple] = []  # (ticket id, browser name, reason)
 
-    def hand_over(self, ticket, path, name):
+    def hand_over(self, ticket, path, name, sha256):
         content = None
         if os.path.isfile(path):
             with open(path, "rb") as f:
                 content = f.read()
         d = Deferred()
-        self.handovers.append(Handover(ticket, path, name, d, content))
+        self.handovers.append(Handover(ticket, path, name, d, content, sha256))
         return d
 
     def report_cancel(self, ticket, name, reason):
@@ -200,7 +202,8 @@ def read(path: str) -> bytes:
 
 
 def files_in(storage) -> list[str]:
-    return sorted(os.listdir(storage.folder))
+    """Data files in the folder (journal records are checked on their own)."""
+    return sorted(n for n in os.listdir(storage.folder) if not n.endswith(".json"))
 
 
 # ---- uploading --------------------------------------------------------------
@@ -265,7 +268,7 @@ def test_done_keeps_the_file_when_the_backend_asked_to_keep_it(storage, new_uplo
 def test_an_answer_that_is_already_there_finishes_too(storage, new_upload, backend):
     """A backend client may answer synchronously (a fired Deferred)."""
     upload = new_upload()
-    backend.hand_over = lambda ticket, path, name: succeed(DONE)
+    backend.hand_over = lambda ticket, path, name, sha256: succeed(DONE)
     channel = uploaded(storage, upload, data_of(1500))
     assert upload.state == "finished"
     assert channel.last == ("finish_ok",)
@@ -799,7 +802,7 @@ def test_file_that_cannot_be_completed_cancels_with_a_server_error(storage, new_
 
 def test_first_connect_without_the_storage_folder_tells_the_browser(storage, new_upload, backend):
     upload = new_upload()
-    os.rmdir(storage.folder)  # deleted while the server runs
+    shutil.rmtree(storage.folder)  # deleted while the server runs
     channel = connect(storage, upload, 3000)
     assert upload.state == "cancelled"
     assert [code for code, _ in channel.failures] == [ErrorCode.SERVER_ERROR]

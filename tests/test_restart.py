@@ -1,0 +1,177 @@
+"""Uploads survive a restart of the server (in-process: a new server on the
+same storage folder; the kill -9 variants run twistd in test_crash.py)."""
+
+import hashlib
+import os
+from urllib.parse import urlsplit
+
+import pytest_twisted
+from twisted.internet import task
+from twisted.logger import formatEvent, globalLogPublisher
+
+from incoming.config import Settings
+from incoming.registry import UploadRegistry
+from incoming.storage import Storage
+from incoming.wire import ErrorCode
+
+from conftest import start_server
+from test_protocol import wait_until
+from wsclient import upload
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+async def restart(tmp_path, server, stop, **overrides):
+    """Stop the server and start a new one on the same folder and backend port."""
+    await stop()
+    port = urlsplit(server.backend_url).port
+    return await start_server(tmp_path, backend_port_number=port, **overrides)
+
+
+@pytest_twisted.ensureDeferred
+async def test_upload_resumes_across_a_restart_with_the_right_sha256(tmp_path):
+    data = os.urandom(300 * 1024 + 3)
+    server, stop = await start_server(tmp_path)
+    ticket = await server.new_upload(removeFileWhenFinished="false")
+    await upload(server.port, ticket, data=data, stop_at=128 * 1024, action="drop")
+    await wait_until(lambda: server.registry.get(ticket).state == "paused")
+
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        restored = server.registry.get(ticket)
+        assert restored.state == "paused"
+        assert restored.received == 128 * 1024
+        outcome = await upload(server.port, ticket, data=data)
+        assert outcome.first("MsgUploadConf")["FilePos"] == 128 * 1024
+        assert outcome.last()[0] == "MsgAllDone"
+        (call,) = server.backend.calls
+        assert call["sha256"] == sha256(data)
+        assert call["content"] == data
+    finally:
+        await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ticket_that_was_never_used_stays_valid(tmp_path):
+    server, stop = await start_server(tmp_path)
+    ticket = await server.new_upload(backendSecret="pw")
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        assert server.registry.get(ticket).state == "created"
+        code, _ = await server.call("cancel_upload", id=ticket, backendSecret="wrong")
+        assert code == 403  # the secret survived too
+        outcome = await upload(server.port, ticket, data=b"hello")
+        assert outcome.last()[0] == "MsgAllDone"
+        assert server.backend.calls[0]["backendSecret"] == "pw"
+    finally:
+        await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_complete_file_is_handed_over_again_after_a_restart(tmp_path):
+    data = os.urandom(100 * 1024)
+    server, stop = await start_server(tmp_path)
+    server.backend.answer = "hang"
+    ticket = await server.new_upload()
+    pending = upload(server.port, ticket, data=data)
+    await server.backend.wait_for_calls(1)  # the handover is running
+
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        await pending  # the old connection went away with the old server
+        calls = await server.backend.wait_for_calls(1)
+        assert calls[0]["cancelled"] == "no"
+        assert calls[0]["sha256"] == sha256(data)
+        assert calls[0]["content"] == data
+        await wait_until(lambda: server.registry.get(ticket).state == "finished")
+    finally:
+        await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_waiting_for_finish_upload_survives_a_restart(tmp_path):
+    data = os.urandom(70 * 1024)
+    server, stop = await start_server(tmp_path)
+    server.backend.answer = "wait"
+    ticket = await server.new_upload(removeFileWhenFinished="false")
+    await upload(server.port, ticket, data=data, stop_at=len(data), action="drop")
+    await wait_until(lambda: server.registry.get(ticket).state == "waiting_for_finish")
+
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        assert server.registry.get(ticket).state == "waiting_for_finish"
+        assert server.backend.calls == []  # not handed over twice
+        code, text = await server.call("finish_upload", id=ticket)
+        assert (code, text) == (200, "ok")
+        outcome = await upload(server.port, ticket, data=data)
+        assert outcome.last()[0] == "MsgAllDone"  # a late browser learns it
+        with open(os.path.join(server.storage_dir, ticket), "rb") as f:
+            assert f.read() == data
+    finally:
+        await stop()
+
+
+def registry_on(folder, clock, settings=None):
+    settings = settings or Settings(storage_dir=str(folder), idle_timeout=1000.0,
+                                    handover_timeout=10.0)
+    storage = Storage(settings.storage_dir)
+    storage.prepare()
+    return UploadRegistry(settings, storage, NoBackend(), clock)
+
+
+class NoBackend:
+    def __init__(self):
+        self.cancels = []
+
+    def report_cancel(self, ticket, name, reason):
+        self.cancels.append(reason)
+
+
+def test_idle_time_continues_from_the_recorded_time(tmp_path):
+    clock = task.Clock()
+    clock.advance(5000)
+    first = registry_on(tmp_path, clock)
+    created = first.create("http://backend.example/h", "", True)
+    clock.advance(600)  # the server dies 600 s into the 1000 s idle time
+
+    later = task.Clock()
+    later.advance(5000 + 700)  # and comes back 100 s later
+    second = registry_on(tmp_path, later)
+    second.restore()
+    restored = second.get(created.ticket.id)
+    later.advance(299)
+    assert restored.state == "created"
+    later.advance(2)
+    assert restored.state == "cancelled"
+    assert "idle" in restored.cancel_reason
+
+
+def test_foreign_files_are_left_alone_and_logged(tmp_path):
+    clock = task.Clock()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "0d6b1f36-5c1a-4c1e-9d5b-5f0b2f3a9a11.part").write_text("no record")
+    registry = registry_on(tmp_path, clock)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        registry.restore()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert len(registry) == 0
+    logged = [formatEvent(e) for e in events]
+    assert any("notes.txt belongs to no open upload" in line for line in logged)
+    assert sorted(os.listdir(tmp_path)) == [
+        "0d6b1f36-5c1a-4c1e-9d5b-5f0b2f3a9a11.part", "notes.txt"]
+
+
+def test_ended_uploads_leave_no_record(tmp_path):
+    clock = task.Clock()
+    registry = registry_on(tmp_path, clock)
+    created = registry.create("http://backend.example/h", "", True)
+    created.cancel("changed my mind", ErrorCode.CANCELLED)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".json")]
+    again = registry_on(tmp_path, clock)
+    again.restore()
+    assert again.get(created.ticket.id) is None
