@@ -67,11 +67,6 @@ class ZeroOneClient(WebSocketClientProtocol):
         self.stopped = False
         if f.silent:
             return
-        if f.script is not None:  # raw frames, then close
-            for is_binary, payload in f.script:
-                self.sendMessage(payload, isBinary=is_binary)
-            self.factory.reactor.callLater(0.05, self.sendClose, 1000)
-            return
         if f.first_text is not None:
             self.sendMessage(f.first_text)
             return
@@ -150,8 +145,7 @@ class ZeroOneClient(WebSocketClientProtocol):
 def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes = None,
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
-           first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
-           script=None) -> Deferred:
+           first_text: bytes = None, silent=False, host="127.0.0.1", origin=None) -> Deferred:
     """Connect once and run the script; fire with the Outcome at close."""
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -170,7 +164,6 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.extra_bytes = extra_bytes
     factory.first_text = first_text
     factory.silent = silent
-    factory.script = script
     factory.done = Deferred()
     done = factory.done
 
