@@ -386,3 +386,15 @@ async def test_quiet_but_alive_browser_outlives_the_websocket_timeout(tmp_path):
         assert (await pending).last()[0] == "MsgCancel"
     finally:
         await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_browser_file_name_never_becomes_a_path(server):
+    data = payload(10 * 1024)
+    ticket = await server.new_upload(removeFileWhenFinished="false")
+    outcome = await upload(server.port, ticket, data=data, name="../../../tmp/evil\x00.sh")
+    assert outcome.last()[0] == "MsgAllDone"
+    (call,) = server.backend.calls
+    assert call["filename"] == os.path.join(server.storage_dir, ticket)
+    assert call["filenameFromBrowser"] == "../../../tmp/evil\x00.sh"
+    assert os.listdir(server.storage_dir) == [ticket]
