@@ -33,6 +33,7 @@ class Settings:
     handover_timeout: float = 55.0
     handover_confirm_timeout: float = 600.0
     fsync: str = "complete"
+    digest: str = "sha256"
     max_file_size: int = 0
     storage_reserve: int = 64 * 1024 * 1024
     max_uploads: int = 0
@@ -88,6 +89,15 @@ def parse_seconds(value) -> float:
 
 
 FSYNC_LEVELS = ("none", "complete", "chunk")
+
+
+DIGESTS = ("sha256", "none")
+
+
+def parse_digest(value) -> str:
+    if value not in DIGESTS:
+        raise ConfigError(f"{value!r} is not one of {', '.join(DIGESTS)}")
+    return value
 
 
 def parse_fsync(value) -> str:
@@ -249,6 +259,14 @@ SETTINGS = [
         "When stored data is forced to disk: none (the OS decides; a power "
         "loss may lose recent data), complete (before the handover), chunk "
         "(before each chunk is acknowledged; slower).",
+    ),
+    Setting(
+        "digest",
+        "digest",
+        "Digest",
+        parse_digest,
+        "Checksum computed as the file arrives and sent to the backend in the "
+        "handover (sha256), or none.",
     ),
     Setting(
         "max_file_size",

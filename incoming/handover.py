@@ -51,7 +51,8 @@ class BackendClient:
     def hand_over(self, ticket, path: str, browser_name: str, sha256: str):
         """Offer the finished file; fire with DONE or WAIT, or HandoverFailed.
 
-        ``sha256`` (hex) is an addition to the 0.1 form; 0.1 backends ignore it.
+        ``sha256`` (hex, or None with --digest none) is an addition to the 0.1
+        form; 0.1 backends ignore it.
         """
         fields = {
             "id": ticket.id,
@@ -60,8 +61,9 @@ class BackendClient:
             "filenameFromBrowser": browser_name,
             "cancelled": "no",
             "cancelReason": "",
-            "sha256": sha256,
         }
+        if sha256 is not None:
+            fields["sha256"] = sha256
         try:
             code, body = yield self._post(ticket.signal_finish_url, fields)
         except TimeoutError:

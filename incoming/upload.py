@@ -381,7 +381,8 @@ class Upload:
     @_machine.output()
     def _create_file(self):
         self._file = self._storage.create(self.ticket.id)
-        self._digest = hashlib.sha256()
+        if self._settings.digest == "sha256":
+            self._digest = hashlib.sha256()
 
     @_machine.output()
     def _reopen_file(self):
@@ -530,6 +531,8 @@ class Upload:
             path = file.complete(sync=sync)
         else:
             path = self._storage.complete_existing(self.ticket.id, sync=sync)
+        if self._settings.digest != "sha256":
+            return path, None
         sha256 = digest.hexdigest() if digest is not None else sha256_of_file(path)
         return path, sha256
 

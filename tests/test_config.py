@@ -39,6 +39,7 @@ HELP_DEFAULTS = {
     "handover_timeout": "55",
     "handover_confirm_timeout": "600",
     "fsync": "complete",
+    "digest": "sha256",
     "max_file_size": "0",
     "storage_reserve": "67108864",
     "max_uploads": "0",

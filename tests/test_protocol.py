@@ -398,3 +398,15 @@ async def test_the_browser_file_name_never_becomes_a_path(server):
     assert call["filename"] == os.path.join(server.storage_dir, ticket)
     assert call["filenameFromBrowser"] == "../../../tmp/evil\x00.sh"
     assert os.listdir(server.storage_dir) == [ticket]
+
+
+@pytest_twisted.ensureDeferred
+async def test_digest_none_hands_over_without_sha256(tmp_path):
+    server, stop = await start_server(tmp_path, digest="none")
+    try:
+        ticket = await server.new_upload()
+        assert (await upload(server.port, ticket, data=payload(1000))).last()[0] == "MsgAllDone"
+        (call,) = server.backend.calls
+        assert "sha256" not in call
+    finally:
+        await stop()
