@@ -13,7 +13,10 @@
  * protocol (see incoming/wire.py on the server), so it works against a 0.1
  * server too. Unlike 0.1 it reconnects by itself after a lost connection
  * (first retry within 1 s, then exponential backoff with jitter up to 30 s,
- * fast again after progress) and reports numeric error codes.
+ * fast again after progress) and reports numeric error codes. With a server
+ * that answers the "byte-window" feature it sizes the bytes in flight to the
+ * link (from the round-trip times of its acks) instead of a fixed number of
+ * chunks, so long links fill up.
  */
 (function (root, factory) {
     "use strict";
@@ -50,6 +53,7 @@
     TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
 
+    var FEATURES = ["byte-window"];  // announced in MsgUploadReq; 0.1 servers ignore it
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
     var MAX_RETRY_S = 30;
 
@@ -109,6 +113,10 @@
         this._ws = null;
         this._chunkSize = 0;
         this._sendAhead = 0;
+        this._windowMax = 0;        // WindowBytes from the server; 0: count chunks (0.1)
+        this._window = 0;           // bytes allowed in flight now (byte-window mode)
+        this._sent = [];            // [end offset, send time] of chunks in flight
+        this._minRtt = Infinity;    // ms
         this._reading = false;
         this._retries = 0;          // consecutive failed connections
         this._retryTimer = null;
@@ -178,7 +186,8 @@
                 self._send(ws, "MsgUploadReq", {
                     Id: self.upload_id,
                     LengthBytes: self.bytes_total,
-                    Name: self.filename
+                    Name: self.filename,
+                    Features: FEATURES
                 });
             }
         };
@@ -285,6 +294,9 @@
         }
         this._chunkSize = body.ChunkSizeKB * 1024;
         this._sendAhead = body.SendAhead;
+        this._windowMax = body.WindowBytes > 0 ? Math.max(body.WindowBytes, this._chunkSize) : 0;
+        this._window = Math.min(this._windowMax, this._sendAhead * this._chunkSize);
+        this._sent = [];
         this.connected = true;
         this.bytes_acked = pos;
         this.bytes_tx = pos;
@@ -303,6 +315,7 @@
 
     Uploader.prototype._onChunkAck = function (ws, body) {
         var size = Number(body.ChunkSize) || 0;
+        this._sizeWindow(size);
         this.bytes_acked = Math.min(this.bytes_total, this.bytes_acked + size);
         this.chunks_acked_now += 1;
         this._retries = 0;  // progress: the next retry is fast again
@@ -330,6 +343,31 @@
         this._fail(ERROR.PROTOCOL, text);
     };
 
+    // Byte-window mode: grow the window by each ack (doubling per round
+    // trip) while round trips stay near the quickest seen, i.e. while the
+    // link is not yet full; shrink it when they grow (a queue is building).
+    Uploader.prototype._sizeWindow = function (ackedBytes) {
+        var sent = this._sent.shift();
+        if (!this._windowMax || !sent) {
+            return;
+        }
+        var rtt = now() - sent[1];
+        this._minRtt = Math.min(this._minRtt, rtt);
+        var inFlight = this.bytes_tx - this.bytes_acked;
+        if (rtt <= this._minRtt * 1.5 + 5) {
+            if (inFlight + ackedBytes >= this._window - this._chunkSize) {
+                this._window = Math.min(this._windowMax, this._window + ackedBytes);
+            }
+        } else if (rtt > this._minRtt * 2 + 20) {
+            this._window = Math.max(this._sendAhead * this._chunkSize,
+                                    Math.floor(this._window * 0.9));
+        }
+    };
+
+    function now() {
+        return root.performance && root.performance.now ? root.performance.now() : Date.now();
+    }
+
     // ---- sending the file --------------------------------------------------
 
     // Read and send slices while the server's window allows. One read at a
@@ -339,12 +377,14 @@
         if (this._reading || ws !== this._ws || this._cancelReason !== null) {
             return;
         }
-        var ahead = this.chunks_tx_now - this.chunks_acked_now;
-        if (ahead >= this._sendAhead || this.bytes_tx >= this.bytes_total) {
-            return;
-        }
         var start = this.bytes_tx;
         var end = Math.min(this.bytes_total, start + this._chunkSize);
+        var full = this._windowMax ?
+            start - this.bytes_acked > 0 && end - this.bytes_acked > this._window :
+            this.chunks_tx_now - this.chunks_acked_now >= this._sendAhead;
+        if (full || start >= this.bytes_total) {
+            return;
+        }
         this._reading = true;
         readSlice(this._file.slice(start, end), function (error, buffer) {
             self._reading = false;
@@ -357,6 +397,7 @@
                 return;
             }
             ws.send(buffer);
+            self._sent.push([end, now()]);
             self.bytes_tx = end;
             self.chunks_tx_now += 1;
             self._update(self.state_msg);

@@ -34,6 +34,7 @@ class Settings:
     handover_confirm_timeout: float = 600.0
     fsync: str = "complete"
     digest: str = "sha256"
+    window: int = 32 * 1024 * 1024
     max_file_size: int = 0
     storage_reserve: int = 64 * 1024 * 1024
     max_uploads: int = 0
@@ -261,6 +262,15 @@ SETTINGS = [
         "(before each chunk is acknowledged; slower).",
     ),
     Setting(
+        "window",
+        "window",
+        "UploadWindow",
+        parse_size,
+        "Most bytes in flight for a browser that announces the byte-window "
+        "extension and sizes its window to the link (0.1 clients keep "
+        "--send-ahead chunks).",
+    ),
+    Setting(
         "digest",
         "digest",
         "Digest",
@@ -376,6 +386,11 @@ def check_consistency(settings: Settings) -> Settings:
         raise ConfigError(
             f"{describe('handover_timeout')} {settings.handover_timeout:g} s is "
             f"longer than {describe('idle_timeout')} {settings.idle_timeout:g} s"
+        )
+    if settings.window < settings.chunk_size:
+        raise ConfigError(
+            f"{describe('window')} {settings.window} bytes is smaller than one chunk "
+            f"({describe('chunk_size_kb')} {settings.chunk_size_kb} KiB)"
         )
     if settings.websocket_timeout < MIN_WEBSOCKET_TIMEOUT:
         raise ConfigError(

@@ -10,14 +10,16 @@ Control messages are WebSocket *text* frames holding JSON
 frames, one chunk per frame.
 
 Client -> server:
-  MsgUploadReq  {Id, LengthBytes, Name}   first message on every connection
+  MsgUploadReq  {Id, LengthBytes, Name,   first message on every connection
+                 Features?}               extensions the client understands
   MsgAck        {Ack: true}               answers MsgUploadConf
   MsgPause      {Pause: true}             the client then closes; resumable
   MsgCancel     {Reason}                  answered by MsgCancelAck, then close
   MsgError      {ErrorCode, Msg}          cancels: "error from frontend: Msg"
 
 Server -> client:
-  MsgUploadConf {ChunkSizeKB, FilePos, SendAhead}
+  MsgUploadConf {ChunkSizeKB, FilePos, SendAhead,
+                 WindowBytes?}            only for a "byte-window" client
   MsgChunkAck   {ChunkSize}               sent after the chunk is in the file
   MsgCancelAck  {Ack: true}
   MsgCancel     {Reason, ErrorCode}       the backend cancelled the upload
@@ -38,7 +40,16 @@ A dead connection is detected by WebSocket pings (the WebSocket timeout),
 after which a reconnect is accepted.
 
 Extensions stay 0.1-compatible: we only add fields (a 0.1 client ignores
-them), e.g. ``ErrorCode`` carries a value from `ErrorCode` below.
+them), e.g. ``ErrorCode`` carries a value from `ErrorCode` below, and a
+change of meaning is used only with a client that announced it in
+``Features`` (a list of strings a 0.1 client never sends):
+
+  "byte-window"  The client keeps up to ``WindowBytes`` bytes in flight
+                 (instead of ``SendAhead`` chunks), sized from the round-trip
+                 time it measures from its acks, so long links fill up.  The
+                 server answers with ``WindowBytes`` (its --window); chunks
+                 stay at most ``ChunkSizeKB`` KiB.  Without the feature a
+                 client gets exactly the 0.1 MsgUploadConf.
 """
 
 import json
@@ -89,6 +100,17 @@ def parse_message(payload: bytes) -> tuple[str, dict]:
     return msg_type, data
 
 
+BYTE_WINDOW = "byte-window"
+
+
+def requested_features(data: dict) -> frozenset:
+    """The extensions a MsgUploadReq announces (none for a 0.1 client)."""
+    features = data.get("Features")
+    if not isinstance(features, list):
+        return frozenset()
+    return frozenset(f for f in features if isinstance(f, str))
+
+
 def upload_request_fields(data: dict) -> tuple[str, int, str]:
     """(Id, LengthBytes, Name) of a MsgUploadReq, checked for type."""
     upload_id = data.get("Id")
@@ -107,11 +129,12 @@ def _encode(msg_type: str, data: dict) -> bytes:
     return json.dumps({"MsgType": msg_type, "MsgData": data}).encode("utf-8")
 
 
-def msg_upload_conf(chunk_size_kb: int, file_pos: int, send_ahead: int) -> bytes:
-    return _encode(
-        "MsgUploadConf",
-        {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead},
-    )
+def msg_upload_conf(chunk_size_kb: int, file_pos: int, send_ahead: int,
+                    window_bytes: int | None = None) -> bytes:
+    data = {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead}
+    if window_bytes is not None:
+        data["WindowBytes"] = window_bytes
+    return _encode("MsgUploadConf", data)
 
 
 def msg_chunk_ack(size: int) -> bytes:

@@ -41,6 +41,7 @@ class UploadProtocol(WebSocketServerProtocol):
     def onOpen(self):
         self._upload = None
         self._closing = False
+        self._window_bytes = None  # set for a client that announced byte-window
         self.closed = Deferred()  # fires when the connection is gone
         self._deadline = self.factory.clock.callLater(
             self.factory.settings.websocket_timeout, self._no_request
@@ -90,6 +91,8 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is not None:
             raise ProtocolError("a second MsgUploadReq on the same connection")
         upload_id, length, name = wire.upload_request_fields(data)
+        if wire.BYTE_WINDOW in wire.requested_features(data):
+            self._window_bytes = self.factory.settings.window
         self._cancel_deadline()
         upload = self.factory.registry.get(upload_id)
         if upload is None:
@@ -140,7 +143,7 @@ class UploadProtocol(WebSocketServerProtocol):
             self.sendMessage(message)
 
     def send_conf(self, chunk_size_kb, file_pos, send_ahead):
-        self._send(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead))
+        self._send(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes))
 
     def send_chunk_ack(self, size):
         self._send(wire.msg_chunk_ack(size))

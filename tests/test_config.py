@@ -40,6 +40,7 @@ HELP_DEFAULTS = {
     "handover_confirm_timeout": "600",
     "fsync": "complete",
     "digest": "sha256",
+    "window": "33554432",
     "max_file_size": "0",
     "storage_reserve": "67108864",
     "max_uploads": "0",

@@ -410,3 +410,23 @@ async def test_digest_none_hands_over_without_sha256(tmp_path):
         assert "sha256" not in call
     finally:
         await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_byte_window_client_gets_a_window_and_may_fill_it(tmp_path):
+    server, stop = await start_server(tmp_path, window=1024 * 1024)
+    try:
+        data = payload(3 * 1024 * 1024 + 5)
+        ticket = await server.new_upload(removeFileWhenFinished="false")
+        outcome = await upload(server.port, ticket, data=data, byte_window=True)
+        conf = outcome.first("MsgUploadConf")
+        assert conf == {"ChunkSizeKB": 64, "FilePos": 0, "SendAhead": 4,
+                        "WindowBytes": 1024 * 1024}
+        assert outcome.last()[0] == "MsgAllDone"
+        assert server.backend.calls[0]["sha256"] == sha256(data)
+        # a 0.1 client on the same server still gets the 0.1 answer
+        old = await server.new_upload()
+        outcome = await upload(server.port, old, data=b"x" * 100)
+        assert outcome.first("MsgUploadConf") == {"ChunkSizeKB": 64, "FilePos": 0, "SendAhead": 4}
+    finally:
+        await stop()

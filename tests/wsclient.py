@@ -70,9 +70,10 @@ class ZeroOneClient(WebSocketClientProtocol):
         if f.first_text is not None:
             self.sendMessage(f.first_text)
             return
-        self._send("MsgUploadReq", {
-            "Id": f.upload_id, "LengthBytes": f.length, "Name": f.name,
-        })
+        request = {"Id": f.upload_id, "LengthBytes": f.length, "Name": f.name}
+        if f.byte_window:
+            request["Features"] = ["byte-window"]
+        self._send("MsgUploadReq", request)
 
     def _send(self, msg_type, data):
         self.sendMessage(json.dumps({"MsgType": msg_type, "MsgData": data}).encode())
@@ -86,6 +87,8 @@ class ZeroOneClient(WebSocketClientProtocol):
             self.pos = data["FilePos"]
             self.chunk = data["ChunkSizeKB"] * 1024
             self.ahead = data["SendAhead"]
+            if "WindowBytes" in data:  # a fixed window is enough for tests
+                self.ahead = max(1, data["WindowBytes"] // self.chunk)
             self._send("MsgAck", {"Ack": True})
             self.pump()
         elif msg_type == "MsgChunkAck":
@@ -145,7 +148,8 @@ class ZeroOneClient(WebSocketClientProtocol):
 def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes = None,
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
-           first_text: bytes = None, silent=False, host="127.0.0.1", origin=None) -> Deferred:
+           first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
+           byte_window=False) -> Deferred:
     """Connect once and run the script; fire with the Outcome at close."""
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -164,6 +168,7 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.extra_bytes = extra_bytes
     factory.first_text = first_text
     factory.silent = silent
+    factory.byte_window = byte_window
     factory.done = Deferred()
     done = factory.done
 
