@@ -66,7 +66,8 @@ class Received:
     id: str
     name: str
     size: int | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # computed here, from the stored file
+    server_sha256: str | None = None  # what the server sent in the handover
     outcome: str = HANDING_OVER
     reason: str = ""
 
@@ -115,7 +116,7 @@ class DemoBackend:
         record.outcome, record.reason = CANCELLED, reason
         self._log.info("demo: upload {id} cancelled: {reason}", id=ticket_id, reason=reason)
 
-    def take(self, ticket_id: str, path: str, browser_name: str):
+    def take(self, ticket_id: str, path: str, browser_name: str, server_sha256=None):
         """A complete file: fire with the answer, done and wait in turn.
 
         done is answered after the hash (the server may then remove the
@@ -123,6 +124,7 @@ class DemoBackend:
         and FINISH_DELAY seconds have passed.
         """
         record = self._record(ticket_id, browser_name)
+        record.server_sha256 = server_sha256
         answer = DONE if self._handovers % 2 == 0 else WAIT
         self._handovers += 1
         hashed = self._run_blocking(file_sha256, path)
@@ -272,7 +274,7 @@ class HandoverCall(_DemoCall):
                 request.write(plain_text(request, 500, "the demo backend failed\n"))
                 request.finish()
 
-        d = self._backend.take(ticket_id, path, name)
+        d = self._backend.take(ticket_id, path, name, params.optional("sha256", "") or None)
         d.addCallbacks(answer, failed)
         d.addErrback(lambda f: self._log.failure("demo: answering the handover", f))
         return NOT_DONE_YET

@@ -251,6 +251,7 @@ def test_handovers_alternate_done_and_wait_then_finish_after_the_delay(server):
     assert channel1.done  # done: finished at once
     assert server.record(ticket1) == {
         "id": ticket1, "name": "first.bin", "size": 3000, "sha256": sha256(first),
+        "server_sha256": sha256(first),  # sent by the server; the page compares them
         "outcome": "done", "reason": "",
     }
 
@@ -341,7 +342,7 @@ def test_a_cancellation_is_recorded_with_its_reason(server):
     assert ("cancel_ack",) in channel.events
     assert server.record(ticket) == {
         "id": ticket, "name": "big.iso", "size": 5000, "sha256": None,
-        "outcome": "cancelled", "reason": "user changed their mind",
+        "server_sha256": None, "outcome": "cancelled", "reason": "user changed their mind",
     }
     assert server.left_behind(ticket) == []
 

@@ -235,7 +235,13 @@
             var tr = el("tr");
             tr.appendChild(el("td", "name", f.name || "(no name)"));
             tr.appendChild(el("td", "num", formatBytes(f.size)));
-            tr.appendChild(el("td", "sha", f.sha256 || (f.outcome === "cancelled" ? "\u2013" : "computing\u2026")));
+            var sha = el("td", "sha", f.sha256 || (f.outcome === "cancelled" ? "\u2013" : "computing\u2026"));
+            if (f.sha256 && f.server_sha256) {
+                // the server computed it as the chunks arrived; we from the file
+                sha.appendChild(el("span", "tag " + (f.sha256 === f.server_sha256 ? "done" : "cancelled"),
+                                   f.sha256 === f.server_sha256 ? "matches the server's" : "differs from the server's!"));
+            }
+            tr.appendChild(sha);
             var how = el("td", "how");
             how.appendChild(el("span", "tag " + f.outcome.replace("+", "-"), OUTCOMES[f.outcome] || f.outcome));
             if (f.reason) { how.appendChild(el("span", "reason", f.reason)); }
