@@ -54,6 +54,7 @@
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
 
     var FEATURES = ["byte-window"];  // announced in MsgUploadReq; 0.1 servers ignore it
+    var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
     var MAX_RETRY_S = 30;
 
@@ -118,6 +119,7 @@
         this._sent = [];            // [end offset, send time] of chunks in flight
         this._minRtt = Infinity;    // ms
         this._reading = false;
+        this._blocks = [];          // {start, buffer} read from the file, in order
         this._retries = 0;          // consecutive failed connections
         this._retryTimer = null;
         this._cancelReason = null;  // a cancel waiting for a connection
@@ -297,6 +299,7 @@
         this._windowMax = body.WindowBytes > 0 ? Math.max(body.WindowBytes, this._chunkSize) : 0;
         this._window = Math.min(this._windowMax, this._sendAhead * this._chunkSize);
         this._sent = [];
+        this._blocks = [];  // the server may resume anywhere: read afresh
         this.connected = true;
         this.bytes_acked = pos;
         this.bytes_tx = pos;
@@ -370,25 +373,63 @@
 
     // ---- sending the file --------------------------------------------------
 
-    // Read and send slices while the server's window allows. One read at a
-    // time keeps chunks in order; the window bounds memory to SendAhead chunks.
+    // Send chunks while the window allows. The file is read in large blocks
+    // (each read of a File costs a round trip inside the browser, so chunk-
+    // sized reads would cap the speed), at most two blocks in memory, the next
+    // one read while the current one is being sent; chunks are views into a
+    // block, never copies.
     Uploader.prototype._pump = function (ws) {
+        while (ws === this._ws && this._cancelReason === null && !this._ended) {
+            var start = this.bytes_tx;
+            var end = Math.min(this.bytes_total, start + this._chunkSize);
+            var full = this._windowMax ?
+                start - this.bytes_acked > 0 && end - this.bytes_acked > this._window :
+                this.chunks_tx_now - this.chunks_acked_now >= this._sendAhead;
+            if (full || start >= this.bytes_total) {
+                return;
+            }
+            var chunk = this._chunkAt(start, end);
+            if (chunk === null) {
+                this._readBlock(ws, start);
+                return;
+            }
+            ws.send(chunk);
+            this._sent.push([end, now()]);
+            this.bytes_tx = end;
+            this.chunks_tx_now += 1;
+            this._update(this.state_msg);
+            var last = this._blocks[this._blocks.length - 1];
+            this._readBlock(ws, last.start + last.buffer.byteLength);  // read ahead
+        }
+    };
+
+    // A view of [start, end) in a block already read, or null.
+    Uploader.prototype._chunkAt = function (start, end) {
+        while (this._blocks.length && this._blocks[0].start + this._blocks[0].buffer.byteLength <= start) {
+            this._blocks.shift();  // sent completely
+        }
+        var block = this._blocks[0];
+        if (block && block.start <= start && end <= block.start + block.buffer.byteLength) {
+            return new Uint8Array(block.buffer, start - block.start, end - start);
+        }
+        return null;
+    };
+
+    // Read a block of whole chunks from `from`, unless a read is running,
+    // two blocks are held already, or the file ends before it.
+    Uploader.prototype._readBlock = function (ws, from) {
         var self = this;
-        if (this._reading || ws !== this._ws || this._cancelReason !== null) {
+        if (this._reading || this._blocks.length >= 2 || from >= this.bytes_total) {
             return;
         }
-        var start = this.bytes_tx;
-        var end = Math.min(this.bytes_total, start + this._chunkSize);
-        var full = this._windowMax ?
-            start - this.bytes_acked > 0 && end - this.bytes_acked > this._window :
-            this.chunks_tx_now - this.chunks_acked_now >= this._sendAhead;
-        if (full || start >= this.bytes_total) {
-            return;
-        }
+        var size = Math.max(1, Math.floor(READ_BLOCK / this._chunkSize)) * this._chunkSize;
         this._reading = true;
-        readSlice(this._file.slice(start, end), function (error, buffer) {
+        readSlice(this._file.slice(from, Math.min(this.bytes_total, from + size)), function (error, buffer) {
             self._reading = false;
-            if (ws !== self._ws || self._ended || ws.readyState !== 1) {
+            if (ws !== self._ws || self._ended) {
+                if (self._ws && self.connected && !self._ended) {
+                    self._pump(self._ws);  // this read was for an older connection
+                }
                 return;
             }
             if (error) {
@@ -396,11 +437,7 @@
                 self._fail(ERROR.FILE_READ_ERROR, "cannot read the file: " + error);
                 return;
             }
-            ws.send(buffer);
-            self._sent.push([end, now()]);
-            self.bytes_tx = end;
-            self.chunks_tx_now += 1;
-            self._update(self.state_msg);
+            self._blocks.push({start: from, buffer: buffer});
             self._pump(ws);
         });
     };
