@@ -25,6 +25,7 @@ class Settings:
     """Everything the server needs to know at start, with 0.1 defaults."""
 
     listen: str = "tcp:4000"
+    metrics_listen: str = ""  # empty: /metrics is on the main port
     storage_dir: str = "incoming-storage"
     chunk_size_kb: int = 512
     send_ahead: int = 4
@@ -41,6 +42,7 @@ class Settings:
     allowed_origins: tuple = ()
     backend_allow: tuple = ()
     backend_token: str = attr.ib(default="", repr=False)
+    backend_ca: str = ""
 
     @property
     def chunk_size(self) -> int:
@@ -170,6 +172,15 @@ def parse_text(value) -> str:
     return value.strip()
 
 
+def parse_ca_file(value) -> str:
+    """A PEM file of CA certificates; read now, so a bad one stops start-up."""
+    from .tls import load_ca_bundle
+
+    path = parse_text(value)
+    load_ca_bundle(path)
+    return path
+
+
 def parse_listen(value) -> str:
     """A bare port number becomes ``tcp:PORT``; anything else is an endpoint."""
     text = str(value).strip() if isinstance(value, int) else parse_text(value)
@@ -178,6 +189,13 @@ def parse_listen(value) -> str:
     if ":" not in text:
         raise ConfigError(f"{text!r} is neither a port number nor an endpoint")
     return text
+
+
+def parse_metrics_listen(value) -> str:
+    """As parse_listen; empty means the main port."""
+    if isinstance(value, str) and not value.strip():
+        return ""
+    return parse_listen(value)
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -200,6 +218,15 @@ SETTINGS = [
         "Where to listen: a port number or a Twisted endpoint string "
         "(tcp:4000:interface=127.0.0.1, unix:/run/incoming.sock, "
         "systemd:domain=INET:index=0). Config: IncomingIP, IncomingPort.",
+    ),
+    Setting(
+        "metrics_listen",
+        "metrics-port",
+        "MetricsPort",
+        parse_metrics_listen,
+        "Serve /metrics (Prometheus) only here, a port number or an endpoint "
+        "(tcp:9100:interface=127.0.0.1), instead of on the main port. "
+        "/health answers on both.",
     ),
     Setting(
         "storage_dir",
@@ -267,8 +294,8 @@ SETTINGS = [
         "UploadWindow",
         parse_size,
         "Most bytes in flight for a browser that announces the byte-window "
-        "extension and sizes its window to the link (0.1 clients keep "
-        "--send-ahead chunks).",
+        "extension and sizes its window to the link (0.1 clients keep the "
+        "send-ahead count of chunks).",
     ),
     Setting(
         "digest",
@@ -322,6 +349,15 @@ SETTINGS = [
         "BackendToken",
         parse_secret,
         "If set, backend API calls must send 'Authorization: Bearer TOKEN'.",
+    ),
+    Setting(
+        "backend_ca",
+        "backend-ca",
+        "BackendCA",
+        parse_ca_file,
+        "PEM file of the CA certificates that an https signalFinishURL's "
+        "certificate must chain to (a private CA); if unset, the system's "
+        "trust store. Host names are always checked.",
     ),
 ]
 

@@ -110,5 +110,12 @@ def _describe(error: BaseException) -> str:
     reasons = getattr(error, "reasons", None)  # treq/twisted ResponseFailed
     if reasons:
         return "; ".join(_describe(r.value) for r in reasons)
+    from OpenSSL.SSL import Error as TLSError
+
+    if isinstance(error, TLSError) and error.args and isinstance(error.args[0], list):
+        # [(library, function, reason), ...], e.g. "certificate verify failed"
+        texts = [entry[-1] for entry in error.args[0] if isinstance(entry, tuple) and entry]
+        if texts:
+            return "TLS error: " + "; ".join(texts)
     text = str(error) or type(error).__name__
     return text

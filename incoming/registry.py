@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from .ids import new_ticket_id, parse_ticket_id
 from .journal import RECORD_SUFFIX, Journal
+from .metrics import NO_METRICS
 from .storage import PART_SUFFIX
 from .upload import Services, Ticket, Upload
 
@@ -25,10 +26,13 @@ class UploadRegistry:
 
     _log = Logger()
 
-    def __init__(self, settings, storage, backend, clock, run_blocking=run_here):
+    def __init__(self, settings, storage, backend, clock, run_blocking=run_here,
+                 metrics=NO_METRICS):
         journal = Journal(storage.folder, durable=settings.fsync != "none")
-        self._services = Services(settings, storage, journal, backend, clock, run_blocking)
+        self._services = Services(settings, storage, journal, backend, clock, run_blocking,
+                                  metrics)
         self._uploads: dict[str, Upload] = {}
+        metrics.count_open_uploads(self.open_count)
 
     def create(self, signal_finish_url: str, backend_secret: str,
                remove_file_when_finished: bool) -> Upload:
@@ -41,6 +45,7 @@ class UploadRegistry:
         upload = Upload(ticket, self._services, self._forget)
         upload.save()
         self._uploads[ticket.id] = upload
+        self._services.metrics.upload_created()
         self._log.info(
             "upload {id}: created (handover to {url}, remove when finished: {remove})",
             id=ticket.id, url=signal_finish_url, remove=remove_file_when_finished,

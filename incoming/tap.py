@@ -14,6 +14,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from . import __version__
 from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
 
 DEFAULTS = Settings()
@@ -27,6 +28,10 @@ def _default_text(field: str) -> str:
         return ",".join(value) or "none"
     if field == "backend_token":
         return "none"
+    if field == "metrics_listen":
+        return "the main port"
+    if field == "backend_ca":
+        return "the system's trust store"
     return str(value)
 
 
@@ -36,7 +41,9 @@ class Options(usage.Options):
         "Run the Incoming!! upload server: backend API under "
         "/incoming/0.1/backend/, WebSocket uploads at "
         "/incoming/0.1/frontend/upload_ws, the JavaScript library at "
-        "/incoming/0.1/frontend/incoming.js.  Command-line options override "
+        "/incoming/0.1/frontend/incoming.js; /health and /metrics for "
+        "operators.  JSON logs: twistd --logger incoming.logs.json_observer.  "
+        "Command-line options override "
         "the --config file, which overrides the defaults."
     )
     optFlags = [
@@ -57,6 +64,11 @@ class Options(usage.Options):
         for s in SETTINGS
     ]
 
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"incoming {__version__}")
+        raise SystemExit(0)
+
     def postOptions(self):
         config_values = {}
         if self["config"] is not None:
@@ -73,6 +85,8 @@ class Options(usage.Options):
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
         self._check_endpoint(self.settings.listen)
+        if self.settings.metrics_listen:
+            self._check_endpoint(self.settings.metrics_listen, "metrics-port")
         self._check_storage(self.settings.storage_dir)
 
     @staticmethod
@@ -88,12 +102,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"config file {path}: {e}") from None
 
     @staticmethod
-    def _check_endpoint(description: str) -> None:
+    def _check_endpoint(description: str, flag: str = "port") -> None:
         # Parsing only stores the reactor; nothing listens yet.
         try:
             serverFromString(None, description)
         except Exception as e:
-            raise usage.UsageError(f"--port {description!r}: {e}") from None
+            raise usage.UsageError(f"--{flag} {description!r}: {e}") from None
 
     @staticmethod
     def _check_storage(folder: str) -> None:
@@ -120,16 +134,24 @@ def makeService(config) -> MultiService:
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from .web import make_site
+    from .tls import backend_tls_policy
+    from .metrics import Metrics
+    from .web import make_site, metrics_site
 
     settings = config.settings
-    http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+    metrics = Metrics()  # this server's own CollectorRegistry
+    http = HTTPClient(Agent(reactor, contextFactory=backend_tls_policy(settings.backend_ca),
+                            pool=HTTPConnectionPool(reactor)))
     site, registry = make_site(settings, reactor, http, demo=bool(config["demo"]),
-                               run_blocking=in_thread_pool(reactor))
+                               run_blocking=in_thread_pool(reactor), metrics=metrics)
     service = MultiService()
     StreamServerEndpointService(
         serverFromString(reactor, settings.listen), site
     ).setServiceParent(service)
+    if settings.metrics_listen:
+        StreamServerEndpointService(
+            serverFromString(reactor, settings.metrics_listen), metrics_site(settings, metrics)
+        ).setServiceParent(service)
     GracefulStop(registry, reactor).setServiceParent(service)  # stops first
     return service
 

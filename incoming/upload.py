@@ -21,6 +21,7 @@ Time comes from the injected clock, HTTP from the injected backend client.
 from __future__ import annotations
 
 import hashlib
+from time import perf_counter
 from typing import Any, Callable
 
 import attr
@@ -28,6 +29,8 @@ from automat import MethodicalMachine
 from twisted.logger import Logger
 
 from .handover import DONE, HandoverFailed
+from .metrics import (BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE,
+                      TOO_LARGE)
 from .storage import StorageError, remove_quietly, sha256_of_file
 from .wire import ErrorCode
 
@@ -55,6 +58,7 @@ class Services:
     backend: Any  # incoming.handover.BackendClient
     clock: Any  # IReactorTime: the reactor, or a Clock in tests
     run_blocking: Callable  # (f, *args) -> Deferred; a thread pool in production
+    metrics: Any = NO_METRICS  # incoming.metrics.Metrics
 
 
 class TooLate(Exception):
@@ -81,6 +85,7 @@ class Upload:
         self._backend = services.backend
         self._clock = services.clock
         self._run_blocking = services.run_blocking
+        self._metrics = services.metrics
         self._forget_me = forget
         self.length: int | None = None
         self.browser_name = ""
@@ -161,7 +166,7 @@ class Upload:
         if self.length is None and limit and length > limit and self.state == "created":
             reason = f"file of {length} bytes is larger than the limit of {limit} bytes"
             channel.fail(ErrorCode.FILE_TOO_LARGE, reason)
-            self._cancel(reason, ErrorCode.FILE_TOO_LARGE, REPLY_ERROR)
+            self._cancel(reason, ErrorCode.FILE_TOO_LARGE, REPLY_ERROR, TOO_LARGE)
             return
         if self.length is None:
             self.length, self.browser_name = length, name
@@ -178,7 +183,7 @@ class Upload:
             self._connect(channel)
         except StorageError as e:
             self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
-            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR)
+            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR, STORAGE)
             return
         self._complete_if_all_stored()
 
@@ -224,7 +229,7 @@ class Upload:
             self._chunk(data)
         except StorageError as e:
             self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
-            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR)
+            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR, STORAGE)
             return
         self._complete_if_all_stored()
 
@@ -246,17 +251,18 @@ class Upload:
         if channel is not self._channel:
             return
         try:
-            self.cancel(reason, ErrorCode.CANCELLED, reply)
+            self.cancel(reason, ErrorCode.CANCELLED, reply, BROWSER)
         except TooLate as e:
             channel.fail(ErrorCode.TOO_LATE, str(e))
 
-    def cancel(self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL) -> None:
+    def cancel(self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL,
+               kind=BACKEND) -> None:
         """Cancel unless the handover has begun (then raise TooLate)."""
         if self.state in ("handing_over", "waiting_for_finish"):
             raise TooLate("too late to cancel: the file is being handed over")
         if self.state == "finished":
             raise TooLate("too late to cancel: the upload is finished")
-        self._cancel(reason, code, reply)
+        self._cancel(reason, code, reply, kind)
 
     def finish(self) -> None:
         """finish_upload from the backend, after it answered wait."""
@@ -274,6 +280,7 @@ class Upload:
             f"upload idle for more than {self._settings.idle_timeout:g} s",
             ErrorCode.CANCELLED,
             REPLY_ERROR,
+            IDLE,
         )
 
     # ---- states -----------------------------------------------------------
@@ -337,7 +344,7 @@ class Upload:
         "A valid chunk arrived."
 
     @_machine.input()
-    def _bad_chunk(self, reason):
+    def _bad_chunk(self, reason, kind=PROTOCOL):
         "A chunk broke the protocol (too large, past the end)."
 
     @_machine.input()
@@ -345,7 +352,7 @@ class Upload:
         "Every byte is stored."
 
     @_machine.input()
-    def _storage_failed_at_end(self, reason):
+    def _storage_failed_at_end(self, reason, kind=STORAGE):
         "The complete file could not be synced, renamed or read."
 
     @_machine.input()
@@ -353,8 +360,8 @@ class Upload:
         "After a restart: hand the complete file over (again)."
 
     @_machine.input()
-    def _cancel(self, reason, code, reply):
-        "Cancel: by the browser, the backend, a timeout or an error."
+    def _cancel(self, reason, code, reply, kind):
+        "Cancel: by the browser, the backend, a timeout or an error (kind: metrics.CANCEL_KINDS)."
 
     @_machine.input()
     def _handover_done(self):
@@ -365,7 +372,7 @@ class Upload:
         "The backend answered wait."
 
     @_machine.input()
-    def _handover_failed(self, reason):
+    def _handover_failed(self, reason, kind=HANDOVER):
         "The handover failed or timed out."
 
     @_machine.input()
@@ -497,12 +504,14 @@ class Upload:
 
     @_machine.output()
     def _store_chunk(self, data):
+        started = perf_counter()  # a duration of blocking I/O, not reactor time
         self._file.append(data)
+        if self._settings.fsync == "chunk":
+            self._file.sync()  # acknowledged means durable
+        self._metrics.chunk_stored(len(data), perf_counter() - started)
         self.received += len(data)
         if self._digest is not None:
             self._digest.update(data)
-        if self._settings.fsync == "chunk":
-            self._file.sync()  # acknowledged means durable
         self._channel.send_chunk_ack(len(data))
 
     @_machine.output()
@@ -547,7 +556,12 @@ class Upload:
             "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
             id=self.ticket.id, length=self.length, path=self._path, sha256=self.sha256,
         )
+        started = self._clock.seconds()
         d = self._backend.hand_over(self.ticket, self._path, self.browser_name, self.sha256)
+
+        def timed(result):
+            self._metrics.handover_ended(self._clock.seconds() - started)
+            return result
 
         def answered(answer):
             if answer == DONE:
@@ -563,6 +577,7 @@ class Upload:
                 reason = "internal error during the handover"
             self._handover_failed(reason)
 
+        d.addBoth(timed)
         d.addCallbacks(answered, failed)
         d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
 
@@ -590,6 +605,7 @@ class Upload:
     @_machine.output()
     def _announce_done(self):
         self._log.info("upload {id}: handed over", id=self.ticket.id)
+        self._metrics.upload_finished()
         if self._channel is not None:
             self._channel.finish_ok()
             self._channel = None
@@ -600,9 +616,11 @@ class Upload:
             remove_quietly(self._path)
 
     @_machine.output()
-    def _record_cancel(self, reason):
+    def _record_cancel(self, reason, kind):
         self.cancel_reason = reason
-        self._log.info("upload {id}: cancelled: {reason}", id=self.ticket.id, reason=reason)
+        self._log.info("upload {id}: cancelled: {reason}", id=self.ticket.id, reason=reason,
+                       cancel_kind=kind)
+        self._metrics.upload_cancelled(kind)
 
     @_machine.output()
     def _discard_file(self):
@@ -631,6 +649,10 @@ class Upload:
     @_machine.output()
     def _tell_browser_handover_failed(self, reason):
         self._notify_browser(reason, ErrorCode.HANDOVER_FAILED, REPLY_ERROR)
+
+    @_machine.output()
+    def _count_handover_failure(self):
+        self._metrics.handover_failed()
 
     @_machine.output()
     def _tell_browser_protocol_error(self, reason):
@@ -703,8 +725,9 @@ class Upload:
     waiting_for_finish.upon(_finish, enter=finished, outputs=_finishing)
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_handover_failed, enter=cancelled,
-                    outputs=[_stop_confirm_timer, _record_cancel, _drop_record, _discard_file,
-                             _tell_browser_handover_failed, _report_cancel, _schedule_forget])
+                    outputs=[_stop_confirm_timer, _record_cancel, _count_handover_failure,
+                             _drop_record, _discard_file, _tell_browser_handover_failed,
+                             _report_cancel, _schedule_forget])
 
     for _state in (finished, cancelled):
         _state.upon(_forget, enter=forgotten, outputs=[_unregister])

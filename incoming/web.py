@@ -10,6 +10,8 @@ from twisted.web.server import Site
 from .backend_api import backend_api
 from .demo import demo_resource
 from .handover import BackendClient
+from .health import HealthCheck
+from .metrics import NO_METRICS, Metrics, MetricsPage
 from .registry import UploadRegistry, run_here
 from .static import FileCache, library_files
 from .storage import Storage
@@ -17,12 +19,14 @@ from .wsproto import UploadFactory
 
 
 def build_root(registry, settings, clock, demo: bool = False,
-               run_blocking=run_here) -> Resource:
+               run_blocking=run_here, metrics=NO_METRICS) -> Resource:
     """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
-    incoming.js beside it; /demo/ too when ``demo`` is true."""
+    incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
+    /metrics unless --metrics-port moves it."""
     files = FileCache()
     frontend = Resource()
-    frontend.putChild(b"upload_ws", WebSocketResource(UploadFactory(registry, settings, clock)))
+    frontend.putChild(b"upload_ws",
+                      WebSocketResource(UploadFactory(registry, settings, clock, metrics)))
     library_files(frontend, files)
     version = Resource()
     version.putChild(b"backend", backend_api(registry, settings))
@@ -33,7 +37,24 @@ def build_root(registry, settings, clock, demo: bool = False,
     root.putChild(b"incoming", incoming)
     if demo:
         root.putChild(b"demo", demo_resource(registry, clock, run_blocking, files))
+    operations_pages(root, settings, None if settings.metrics_listen else metrics)
     return root
+
+
+def operations_pages(root: Resource, settings, metrics=None) -> Resource:
+    """/health for load balancers and, with ``metrics``, /metrics for
+    Prometheus: pages for operators, which a public proxy should not pass."""
+    root.putChild(b"health", HealthCheck(settings.storage_dir))
+    if metrics is not None and metrics.registry is not None:
+        root.putChild(b"metrics", MetricsPage(metrics.registry))
+    return root
+
+
+def metrics_site(settings, metrics) -> Site:
+    """What --metrics-port serves: /metrics and /health, nothing else."""
+    site = Site(operations_pages(Resource(), settings, metrics), logFormatter=access_log_line)
+    site.displayTracebacks = False
+    return site
 
 
 class _PathOnly:
@@ -57,20 +78,23 @@ def access_log_line(timestamp, request) -> str:
 
 
 def make_site(settings, clock, http, demo: bool = False,
-              run_blocking=run_here) -> tuple[Site, UploadRegistry]:
+              run_blocking=run_here, metrics=None) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry.
 
     ``clock`` is the reactor (or a Clock in tests); ``http`` is a treq
     HTTPClient (or StubTreq) used for the handover calls; ``run_blocking``
     runs file syncing and hashing (a thread pool in production).  ``demo`` adds
-    the /demo/ web app.
+    the /demo/ web app.  ``metrics`` (an incoming.metrics.Metrics) defaults
+    to a new one with a registry of its own.
     """
+    if metrics is None:
+        metrics = Metrics()
     storage = Storage(settings.storage_dir)
     storage.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout)
-    registry = UploadRegistry(settings, storage, backend, clock, run_blocking)
+    registry = UploadRegistry(settings, storage, backend, clock, run_blocking, metrics)
     registry.restore()
-    site = Site(build_root(registry, settings, clock, demo, run_blocking),
+    site = Site(build_root(registry, settings, clock, demo, run_blocking, metrics),
                 logFormatter=access_log_line)
     site.displayTracebacks = False
     return site, registry

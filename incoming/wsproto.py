@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from . import wire
+from .metrics import NO_METRICS
 from .upload import REPLY_ERROR
 from .wire import ErrorCode, ProtocolError
 
@@ -43,6 +44,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._closing = False
         self._window_bytes = None  # set for a client that announced byte-window
         self.closed = Deferred()  # fires when the connection is gone
+        self.factory.metrics.websocket_opened()
         self._deadline = self.factory.clock.callLater(
             self.factory.settings.websocket_timeout, self._no_request
         )
@@ -128,7 +130,8 @@ class UploadProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean, code, reason):
         self._closing = True
         closed, self.closed = getattr(self, "closed", None), None
-        if closed is not None:
+        if closed is not None:  # opened, and closing for the first time
+            self.factory.metrics.websocket_closed()
             self.factory.clock.callLater(0, closed.callback, None)
         if getattr(self, "_deadline", None) is not None:
             self._cancel_deadline()
@@ -183,15 +186,16 @@ class UploadProtocol(WebSocketServerProtocol):
 
 
 class UploadFactory(WebSocketServerFactory):
-    """Builds UploadProtocol; holds the registry, settings and clock."""
+    """Builds UploadProtocol; holds the registry, settings, clock and metrics."""
 
     protocol = UploadProtocol
 
-    def __init__(self, registry, settings, clock):
+    def __init__(self, registry, settings, clock, metrics=NO_METRICS):
         super().__init__()
         self.registry = registry
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         # By default any origin, as 0.1 (file:// pages send "null").
         self.origin_patterns = wildcards2patterns(list(settings.allowed_origins))
         timeout = settings.websocket_timeout

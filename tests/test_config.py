@@ -31,6 +31,7 @@ DEFAULTS_0_1 = {
 # How --help should show each default.
 HELP_DEFAULTS = {
     "listen": "tcp:4000",
+    "metrics_listen": "the main port",
     "storage_dir": "incoming-storage",
     "chunk_size_kb": "512",
     "send_ahead": "4",
@@ -47,6 +48,7 @@ HELP_DEFAULTS = {
     "allowed_origins": "none",
     "backend_allow": "none",
     "backend_token": "none",
+    "backend_ca": "the system's trust store",
 }
 
 ALL_KEYS_YAML = """\
@@ -320,7 +322,9 @@ def help_by_option(text: str) -> dict[str, str]:
     options: dict[str, str] = {}
     current = None
     for line in text.splitlines():
-        match = re.match(r"^\s+(?:-\w, )?--([\w-]+)=?\s*(.*)$", line)
+        # An option starts near the left margin; "--flag" deep in a wrapped
+        # help text is a continuation.
+        match = re.match(r"^ {1,8}(?:-\w, )?--([\w-]+)=?\s*(.*)$", line)
         if match:
             current = match.group(1)
             options[current] = match.group(2).strip()

@@ -45,15 +45,16 @@ def test_plugin_is_found_after_a_regular_install(tmp_path):
 
 
 class TwistdServer:
-    """`twistd -n incoming` on a free loopback port, in tmp_path."""
+    """`twistd -n incoming` on a free loopback port, in tmp_path; ``args``
+    go to incoming, ``twistd_args`` (e.g. --logger) to twistd itself."""
 
-    def __init__(self, tmp_path, *args, preexec_fn=None):
+    def __init__(self, tmp_path, *args, preexec_fn=None, twistd_args=()):
         self.port = free_port()
         self.storage = tmp_path / "storage"
         self.log_path = tmp_path / "twistd.log"
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "incoming",
+            [TWISTD, "-n", "--pidfile=", *twistd_args, "incoming",
              "--port", f"tcp:{self.port}:interface=127.0.0.1",
              "--storage-dir", str(self.storage), *args],
             cwd=tmp_path, stdout=self._log, stderr=subprocess.STDOUT,

@@ -149,11 +149,16 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
            first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
-           byte_window=False) -> Deferred:
-    """Connect once and run the script; fire with the Outcome at close."""
+           byte_window=False, tls=None) -> Deferred:
+    """Connect once and run the script; fire with the Outcome at close.
+
+    ``tls`` (a client TLS connection creator, e.g. optionsForClientTLS)
+    connects with wss: instead of ws:.
+    """
     if source is None:
         source = DataSource(data=data if data is not None else b"")
-    factory = WebSocketClientFactory(f"ws://{host}:{port}/incoming/0.1/frontend/upload_ws",
+    scheme = "wss" if tls is not None else "ws"
+    factory = WebSocketClientFactory(f"{scheme}://{host}:{port}/incoming/0.1/frontend/upload_ws",
                                      origin=origin)
     factory.protocol = ZeroOneClient
     factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0, autoPingInterval=None)
@@ -178,5 +183,5 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
             d.errback(f)
 
     factory.clientConnectionFailed = lambda connector, reason: connection_failed(reason)
-    connectWS(factory)
+    connectWS(factory, contextFactory=tls)
     return done
