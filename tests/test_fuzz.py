@@ -124,8 +124,9 @@ class Running:
         assert code == 200, text
         return text
 
-    def play(self, frames):
-        """Send the frames, then collect what the server says until it closes."""
+    def play(self, frames, quiet_after=0.3):
+        """Send the frames, then collect what the server says until it closes
+        (or says nothing for ``quiet_after`` seconds)."""
         said = []
         with connect(f"ws://127.0.0.1:{self.port}/incoming/0.1/frontend/upload_ws",
                      max_size=None, open_timeout=10) as ws:
@@ -133,7 +134,7 @@ class Running:
                 for is_binary, payload in frames:
                     ws.send(payload if is_binary else payload.decode("utf-8", "replace"))
                 while True:
-                    said.append(json.loads(ws.recv(timeout=0.3)))
+                    said.append(json.loads(ws.recv(timeout=quiet_after)))
             except (TimeoutError, ConnectionClosed):
                 pass
         return said
@@ -189,7 +190,7 @@ def test_after_the_fuzzing_a_normal_upload_works_and_nothing_is_left(running):
     frames = [(False, json.dumps({"MsgType": "MsgUploadReq", "MsgData": {
         "Id": ticket, "LengthBytes": len(data), "Name": "after-fuzz.bin"}}).encode())]
     frames += [(True, data[i:i + 100 * 1024]) for i in range(0, len(data), 100 * 1024)]
-    said = running.play(frames)
+    said = running.play(frames, quiet_after=30)  # the server closes after MsgAllDone
     assert said[-1]["MsgType"] == "MsgAllDone", said[-3:]
     with open(os.path.join(running.storage_dir, ticket), "rb") as f:
         assert f.read() == data
