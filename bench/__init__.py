@@ -1,0 +1,1 @@
+"""The Incoming!! benchmark suite: ``python -m bench`` (see README, Benchmarks)."""

@@ -1,0 +1,111 @@
+"""
+``python -m bench``: run every scenario against the installed Incoming!!
+(sha256 digest on, and ``--digest none``) and against the reference
+server, print a table with each figure's ratio to the reference, print the
+JSON and write it to bench/results/latest.json.  Installs nothing; all
+traffic stays on 127.0.0.1.  ``--quick`` runs tiny sizes (the test suite
+does, so that the bench cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from bench.procstat import raise_open_files_limit
+from bench.report import add_ratios, table
+from bench.scenarios import GIB, MIB, Bench, Load, ScenarioFailed, Setup
+from bench.servers import Backend
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
+
+REFERENCE = Setup("reference", reference=True)
+DIGEST_ON = Setup("incoming sha256", ("--digest", "sha256"))
+DIGEST_OFF = Setup("incoming no digest", ("--digest", "none"))
+ZERO_ONE = Setup("incoming 0.1 window", ("--digest", "sha256"))
+BYTE_WINDOW = Setup("incoming byte-window", ("--digest", "sha256"), byte_window=True)
+
+FULL = {
+    "loads": [Load(1, GIB), Load(8, 64 * MIB), Load(64, 4 * MIB),
+              Load(200, 64 * 1024), Load(200, 64 * 1024, sequential=True)],
+    "memory_stages": (100, 1000), "hold": 5.0,
+    "proxied": Load(1, 256 * MIB),
+}
+QUICK = {
+    # One load of each shape (single, concurrent, sequential) keeps it short.
+    "loads": [Load(1, 4 * MIB), Load(8, 256 * 1024), Load(10, 64 * 1024, sequential=True)],
+    "memory_stages": (5, 20), "hold": 0.3,
+    "proxied": Load(1, MIB),
+}
+
+
+def plan(settings: dict, delay_ms: float, rate_mbps: float):
+    """(scenario name, kind, setup, how to measure it with a Bench), in order."""
+    for load in settings["loads"]:
+        for setup in (REFERENCE, DIGEST_ON, DIGEST_OFF):
+            yield load.name, "throughput", setup, lambda b, s=setup, l=load: b.throughput(s, l)
+    stages = settings["memory_stages"]
+    name = f"{stages[-1]} open uploads"
+    for setup in (REFERENCE, DIGEST_ON):
+        yield name, "memory", setup, lambda b, s=setup: b.memory(s, stages, settings["hold"])
+    load = settings["proxied"]
+    name = f"{load.name} via {2 * delay_ms:g} ms RTT, {rate_mbps:g} MB/s"
+    for setup in (REFERENCE, ZERO_ONE, BYTE_WINDOW):
+        yield name, "throughput", setup, lambda b, s=setup: b.throughput(s, load, proxied=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    parser.add_argument("--only", help="run only scenarios whose name contains this text")
+    parser.add_argument("--fsync", choices=("none", "complete"), default="none",
+                        help="server --fsync (and the reference syncs likewise); none "
+                             "measures the server rather than the disk [default: none]")
+    parser.add_argument("--delay-ms", type=float, default=25.0, help="proxy one-way delay")
+    parser.add_argument("--rate-mbps", type=float, default=100.0, help="proxy bandwidth cap")
+    parser.add_argument("--json", default=RESULTS, help=f"where to write the JSON [{RESULTS}]")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    raise_open_files_limit()
+    settings = QUICK if args.quick else FULL
+    backend = Backend()
+    bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps)
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    results = []
+    for name, kind, setup, measure in plan(settings, args.delay_ms, args.rate_mbps):
+        if args.only and args.only not in name:
+            continue
+        began = time.monotonic()
+        result = {"scenario": name, "kind": kind, "server": setup.label}
+        try:
+            result.update(measure(bench))
+        except (ScenarioFailed, RuntimeError) as e:
+            result["error"] = str(e)
+        results.append(result)
+        print(f"{time.monotonic() - began:5.1f} s  {name}: {setup.label}"
+              f"{'  FAILED' if 'error' in result else ''}", file=sys.stderr, flush=True)
+    backend.close()
+    add_ratios(results)
+    summary = {
+        "quick": args.quick, "fsync": args.fsync, "elapsed_s": time.monotonic() - started,
+        "cpus": os.cpu_count(), "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0], "results": results,
+    }
+    print("\n\n".join(filter(None, (table(results, kind) for kind in ("throughput", "memory")))))
+    print(f"\nratios: this server's figure / the reference's.  fsync {args.fsync}; "
+          f"{summary['elapsed_s']:.0f} s; load average {load_before:.1f} before, "
+          f"{summary['loadavg_after']:.1f} after ({os.cpu_count()} CPUs)\n")
+    text = json.dumps(summary, indent=1)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as f:
+        f.write(text + "\n")
+    if any("error" in r for r in results):
+        sys.exit(1)

@@ -1,0 +1,225 @@
+"""
+One measurement = a fresh server process (so peak memory is this
+scenario's), optionally the latency proxy in front of it, and the load
+client in a third process.  The server's CPU time and peak RSS are read
+from /proc; afterwards every stored file is hashed and compared with the
+sha256 the client computed from what it sent, then deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from bench.procstat import cpu_seconds, memory_kib
+from bench.servers import REPO, start_incoming, start_proxy, start_reference
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+class ScenarioFailed(Exception):
+    """The client failed, timed out, or a stored file did not match."""
+
+
+def human_size(size: int) -> str:
+    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+@dataclass(frozen=True)
+class Load:
+    """count uploads of size bytes, all at once or one after the other."""
+
+    count: int
+    size: int
+    sequential: bool = False
+
+    @property
+    def name(self) -> str:
+        how = " sequential" if self.sequential else " concurrent" if self.count > 1 else ""
+        return f"{self.count} x {human_size(self.size)}{how}"
+
+    def budget(self) -> float:
+        """Seconds the client may take: generous, yet a hang cannot stall the run."""
+        return 30 + self.count * self.size / 20e6
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What serves (Incoming!! with some options, or the reference) and
+    whether the client announces the byte window."""
+
+    label: str
+    options: tuple = ()
+    reference: bool = False
+    byte_window: bool = False
+
+    def start(self, folder: str, storage: str, fsync: str):
+        if self.reference:
+            return start_reference(folder, storage, fsync)
+        return start_incoming(folder, storage, "--fsync", fsync, *self.options)
+
+    def client_argv(self, port: int, target: int, backend_url: str) -> list:
+        argv = ["--target", f"127.0.0.1:{target}"]
+        if self.reference:
+            return argv + ["--mode", "tcp"]
+        argv += ["--mode", "ws", "--api", f"http://127.0.0.1:{port}", "--backend", backend_url]
+        return argv + (["--byte-window"] if self.byte_window else [])
+
+
+def run_client(argv: list, budget: float, on_stage=None) -> dict:
+    """Run bench.loadclient; call on_stage(n) at each "open n"; return its JSON."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.loadclient", *argv], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killer = threading.Timer(budget, process.kill)
+    killer.start()
+    output = []
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read()))
+    reader.start()
+    complaints = []
+    for line in process.stderr:
+        if line.startswith("open ") and on_stage is not None:
+            on_stage(int(line.split()[1]))
+        else:
+            complaints.append(line)
+    process.wait()
+    reader.join()
+    timed_out = not killer.is_alive() and process.returncode < 0
+    killer.cancel()
+    if timed_out:
+        raise ScenarioFailed(f"load client killed after its budget of {budget:.0f} s")
+    if process.returncode != 0:
+        raise ScenarioFailed("load client failed: " + "".join(complaints[-15:]))
+    report = json.loads(output[0])
+    if report["errors"]:
+        raise ScenarioFailed(f"{len(report['errors'])} uploads failed, e.g. {report['errors'][0]}")
+    return report
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_incoming(uploads: list, handovers: dict) -> dict:
+    """Each upload was handed over and its file hashes to what was sent.
+
+    The sha256 field of the handover must match too, when the server sent one.
+    """
+    sent_digest = 0
+    for upload in uploads:
+        form = handovers.get(upload["id"])
+        if form is None:
+            raise ScenarioFailed(f"no handover for upload {upload['id']}")
+        stored = file_sha256(form["filename"])
+        if stored != upload["sha256"]:
+            raise ScenarioFailed(f"upload {upload['id']}: stored sha256 {stored} "
+                                 f"!= sent {upload['sha256']}")
+        if "sha256" in form:
+            sent_digest += 1
+            if form["sha256"] != upload["sha256"]:
+                raise ScenarioFailed(f"upload {upload['id']}: handover sha256 "
+                                     f"{form['sha256']} != sent {upload['sha256']}")
+    return {"verified": len(uploads), "handover_sha256": sent_digest}
+
+
+def verify_reference(uploads: list, storage: str) -> dict:
+    """The reference names files by arrival: compare the sets of digests."""
+    stored = Counter(file_sha256(os.path.join(storage, name)) for name in os.listdir(storage))
+    sent = Counter(upload["sha256"] for upload in uploads)
+    if stored != sent:
+        raise ScenarioFailed(f"reference stored {sum(stored.values())} files; "
+                             f"{sum((sent - stored).values())} sent ones missing or different")
+    return {"verified": len(uploads), "handover_sha256": None}
+
+
+class Bench:
+    """What every measurement shares: the backend, fsync level, proxy link."""
+
+    def __init__(self, backend, fsync: str, delay_ms: float, rate_mbps: float):
+        self.backend = backend
+        self.fsync = fsync
+        self.delay_ms = delay_ms
+        self.rate_mbps = rate_mbps
+
+    def _run(self, setup: Setup, measure, proxied=False):
+        folder = tempfile.mkdtemp(prefix="incoming-bench-")
+        storage = os.path.join(folder, "storage")
+        try:
+            server = setup.start(folder, storage, self.fsync)
+            proxy = None
+            try:
+                target = server.port
+                if proxied:
+                    proxy = start_proxy(folder, server.port, self.delay_ms, self.rate_mbps)
+                    target = proxy.port
+                argv = setup.client_argv(server.port, target, self.backend.url)
+                return measure(server, argv, storage)
+            finally:
+                if proxy is not None:
+                    proxy.stop()
+                server.stop()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def throughput(self, setup: Setup, load: Load, proxied=False) -> dict:
+        """MB/s, latency, server CPU per GiB and peak RSS; sha256 checked."""
+
+        def measure(server, argv, storage):
+            argv += ["--count", str(load.count), "--size", str(load.size)]
+            if load.sequential:
+                argv.append("--sequential")
+            cpu = cpu_seconds(server.pid)
+            report = run_client(argv, load.budget())
+            cpu = cpu_seconds(server.pid) - cpu
+            peak = memory_kib(server.pid, "VmHWM")
+            if setup.reference:
+                checked = verify_reference(report["uploads"], storage)
+            else:
+                checked = verify_incoming(report["uploads"], self.backend.handovers)
+            result = {
+                "mbps": report["mbps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
+                "cpu_s_per_gib": cpu / (report["bytes"] / GIB), "peak_rss_mib": peak / 1024,
+                "elapsed_s": report["elapsed"],
+                "client_cpu_s_per_gib": report["cpu_s"] / (report["bytes"] / GIB), **checked,
+            }
+            if report["phases_ms"]:
+                result["phases_ms"] = report["phases_ms"]
+            window = report["uploads"][0].get("window")
+            if window:
+                result["window"] = window
+            return result
+
+        return self._run(setup, measure, proxied)
+
+    def memory(self, setup: Setup, stages: tuple, hold: float) -> dict:
+        """Server RSS growth per open, trickling upload between two stages."""
+        rss = {}
+
+        def measure(server, argv, storage):
+            def on_stage(n):
+                time.sleep(hold * 0.7)  # every upload has trickled once more
+                rss[n] = memory_kib(server.pid, "VmRSS")
+
+            argv += ["--slow-stages", ",".join(map(str, stages)), "--hold", str(hold)]
+            run_client(argv, 60 + stages[-1] * hold / 100, on_stage)
+            low, high = stages[0], stages[-1]
+            return {
+                "kib_per_upload": (rss[high] - rss[low]) / (high - low),
+                "rss_mib": {str(n): kib / 1024 for n, kib in rss.items()},
+                "peak_rss_mib": memory_kib(server.pid, "VmHWM") / 1024,
+            }
+
+        return self._run(setup, measure)
