@@ -59,12 +59,12 @@ class Storage:
             raise StorageError(f"cannot reopen {path}: {e.strerror}") from None
         return PartFile(self, upload_id, fd, os.fstat(fd).st_size)
 
-    def stored_size(self, upload_id: str, length: int) -> int:
-        """After a restart: how many bytes of the upload are on disk.
+    def stored_size(self, upload_id: str, length: int) -> int | None:
+        """After a restart: how many bytes of the upload are on disk, or
+        None if there is no file at all (never written, or taken away).
 
         A complete file may already carry its final name.  A .part file
-        longer than the announced length is trimmed to it; a missing one is
-        created empty, so the upload resumes from 0 instead of failing.
+        longer than the announced length is trimmed to it.
         """
         final = self.final_path(upload_id)
         part = self.part_path(upload_id)
@@ -73,8 +73,7 @@ class Storage:
         try:
             size = os.path.getsize(part)
         except FileNotFoundError:
-            self.create(upload_id).close()
-            return 0
+            return None
         if size > length:
             os.truncate(part, length)
             size = length

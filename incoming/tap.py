@@ -140,8 +140,10 @@ def makeService(config) -> MultiService:
 
     settings = config.settings
     metrics = Metrics()  # this server's own CollectorRegistry
+    # A new connection per handover: a pooled one the backend closed meanwhile
+    # would fail the POST (POSTs are not retried) and cancel the upload.
     http = HTTPClient(Agent(reactor, contextFactory=backend_tls_policy(settings.backend_ca),
-                            pool=HTTPConnectionPool(reactor)))
+                            pool=HTTPConnectionPool(reactor, persistent=False)))
     site, registry = make_site(settings, reactor, http, demo=bool(config["demo"]),
                                run_blocking=in_thread_pool(reactor), metrics=metrics)
     service = MultiService()

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import attr
 from automat import MethodicalMachine
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
 from .handover import DONE, HandoverFailed
@@ -33,6 +34,9 @@ from .metrics import (BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, ST
                       TOO_LARGE)
 from .storage import StorageError, remove_quietly, sha256_of_file
 from .wire import ErrorCode
+
+# Chunks waiting to be hashed before reading from the browser pauses.
+MAX_HASH_BACKLOG = 16
 
 # How long a finished or cancelled upload is remembered, in seconds.
 RETENTION = 3600.0
@@ -92,6 +96,9 @@ class Upload:
         self.received = 0  # bytes stored in the file
         self.sha256: str | None = None  # hex digest, once the file is complete
         self._digest = None  # sha256 of the bytes stored so far, if known
+        self._hashing = succeed(None)  # digest updates queued for a worker thread
+        self._hash_backlog = 0  # chunks queued there
+        self._throttled = None  # the channel paused until hashing catches up
         self._file = None
         self._channel = None
         self.cancel_reason: str | None = None
@@ -139,11 +146,17 @@ class Upload:
             upload._waiting_since = now - waited
             upload._arm_confirm_timer(max(0.0, services.settings.handover_confirm_timeout - waited))
         elif state == "handing_over" or stored == upload.length:
+            # Handed over again; if the backend already took the file away
+            # (then the record has its sha256), the same path and sha256 again.
             upload.received = upload.length
+            upload.sha256 = record.get("sha256")
             upload._restore_state("handing_over")
             upload._stop_idle()
             services.clock.callLater(0, upload._resume_handover)
         else:
+            if stored is None:  # nothing on disk: resume from 0
+                services.storage.create(ticket.id).close()
+                stored = 0
             upload.received = stored
             upload._restore_state("paused")
         return upload
@@ -511,7 +524,7 @@ class Upload:
         self._metrics.chunk_stored(len(data), perf_counter() - started)
         self.received += len(data)
         if self._digest is not None:
-            self._digest.update(data)
+            self._hash_later(self._digest, data)
         self._channel.send_chunk_ack(len(data))
 
     @_machine.output()
@@ -523,12 +536,30 @@ class Upload:
         self._notify_browser("file data after the file was complete",
                              ErrorCode.PROTOCOL, REPLY_ERROR)
 
+    def _hash_later(self, digest, data):
+        """Hash a chunk in a worker thread (hashlib releases the GIL, so it
+        runs beside the reactor on another core), chunks of one upload in
+        order.  The chunk is already written and acknowledged; if hashing
+        falls behind, reading from the browser pauses until it catches up."""
+        self._hash_backlog += 1
+        if self._hash_backlog == MAX_HASH_BACKLOG and self._channel is not None:
+            self._throttled = self._channel
+            self._throttled.pause_reading()
+        self._hashing.addCallback(lambda _: self._run_blocking(digest.update, data))
+        self._hashing.addCallback(self._hashed_one)
+
+    def _hashed_one(self, _):
+        self._hash_backlog -= 1
+        if self._hash_backlog < MAX_HASH_BACKLOG // 2 and self._throttled is not None:
+            self._throttled, throttled = None, self._throttled
+            throttled.resume_reading()
+
     @_machine.output()
     def _seal_and_hand_over(self):
         # Last output of its transition: results may arrive synchronously.
         file, self._file = self._file, None
         digest = self._digest
-        d = self._run_blocking(self._seal, file, digest)
+        d = self._hashing.addCallback(lambda _: self._run_blocking(self._seal, file, digest))
         d.addCallbacks(self._hand_over, self._seal_failed)
         d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
 
@@ -538,6 +569,9 @@ class Upload:
         sync = self._settings.fsync != "none"
         if file is not None:
             path = file.complete(sync=sync)
+        elif self.sha256 is not None and self._storage.stored_size(self.ticket.id, self.length) is None:
+            # sealed and offered before a restart, then moved away by the backend
+            return self._storage.final_path(self.ticket.id), self.sha256
         else:
             path = self._storage.complete_existing(self.ticket.id, sync=sync)
         if self._settings.digest != "sha256":
@@ -546,12 +580,15 @@ class Upload:
         return path, sha256
 
     def _seal_failed(self, failure):
-        failure.trap(StorageError, OSError)
-        self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
+        if failure.check(StorageError, OSError):
+            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
+        else:
+            self._log.failure("upload {id}: completing the file", failure, id=self.ticket.id)
         self._storage_failed_at_end(f"cannot complete the file: {failure.value}")
 
     def _hand_over(self, sealed):
         self._path, self.sha256 = sealed
+        self.save()  # with the sha256: a restart can offer the file again as it was
         self._log.info(
             "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
             id=self.ticket.id, length=self.length, path=self._path, sha256=self.sha256,

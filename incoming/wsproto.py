@@ -175,6 +175,14 @@ class UploadProtocol(WebSocketServerProtocol):
             self._closing = True
             self.sendClose(CLOSE_NORMAL)
 
+    def pause_reading(self):
+        """Backpressure: stop reading from the browser for a while."""
+        self.transport.pauseProducing()
+
+    def resume_reading(self):
+        if not self._closing:
+            self.transport.resumeProducing()
+
     def going_away(self) -> Deferred:
         """The server stops: close with 1001; the browser will resume later."""
         closed = self.closed or succeed(None)

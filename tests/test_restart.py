@@ -175,3 +175,25 @@ def test_ended_uploads_leave_no_record(tmp_path):
     again = registry_on(tmp_path, clock)
     again.restore()
     assert again.get(created.ticket.id) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_the_backend_took_is_offered_again_not_recreated_empty(tmp_path):
+    data = os.urandom(90 * 1024)
+    server, stop = await start_server(tmp_path)
+    server.backend.answer = "hang"
+    ticket = await server.new_upload(removeFileWhenFinished="false")
+    pending = upload(server.port, ticket, data=data)
+    (call,) = await server.backend.wait_for_calls(1)
+    os.rename(call["filename"], tmp_path / "moved-by-backend")  # then it crashed
+
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        await pending
+        (again,) = await server.backend.wait_for_calls(1)
+        assert again["filename"] == call["filename"]
+        assert again["sha256"] == sha256(data)  # the recorded one, not an empty file's
+        await wait_until(lambda: server.registry.get(ticket).state == "finished")
+        assert [n for n in os.listdir(server.storage_dir) if not n.endswith(".json")] == []
+    finally:
+        await stop()

@@ -1,0 +1,85 @@
+"""The sha256 is computed in worker threads beside the reactor; when hashing
+falls behind, reading from the browser pauses instead of queueing chunks."""
+
+import hashlib
+import os
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from incoming.config import Settings
+from incoming.registry import UploadRegistry
+from incoming.storage import Storage
+from incoming.upload import MAX_HASH_BACKLOG
+
+
+class Channel:
+    def __init__(self):
+        self.acked = 0
+        self.paused = self.resumed = 0
+        self.done = False
+
+    def send_conf(self, *args):
+        pass
+
+    def send_chunk_ack(self, size):
+        self.acked += size
+
+    def pause_reading(self):
+        self.paused += 1
+
+    def resume_reading(self):
+        self.resumed += 1
+
+    def finish_ok(self):
+        self.done = True
+
+
+class Backend:
+    def __init__(self):
+        self.handovers = []
+
+    def hand_over(self, ticket, path, name, sha256):
+        self.handovers.append(sha256)
+        return succeed("done")
+
+
+class WorkerThreads:
+    """run_blocking that queues the work until the test runs it."""
+
+    def __init__(self):
+        self.queue = []
+
+    def __call__(self, f, *args):
+        d = Deferred()
+        self.queue.append((f, args, d))
+        return d
+
+    def run_all(self):
+        while self.queue:
+            f, args, d = self.queue.pop(0)
+            d.callback(f(*args))
+
+
+def test_slow_hashing_pauses_reading_and_the_digest_stays_right(tmp_path):
+    workers, backend = WorkerThreads(), Backend()
+    settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=1)
+    storage = Storage(settings.storage_dir)
+    registry = UploadRegistry(settings, storage, backend, Clock(), workers)
+    upload = registry.create("http://backend.example/h", "", True)
+    data = os.urandom(40 * 1024)
+    channel = Channel()
+    upload.connect(channel, len(data), "f.bin")
+
+    for i in range(MAX_HASH_BACKLOG + 4):  # the browser is faster than hashing
+        upload.receive(channel, data[i * 1024:(i + 1) * 1024])
+    assert channel.acked == (MAX_HASH_BACKLOG + 4) * 1024  # acks wait only for the write
+    assert (channel.paused, channel.resumed) == (1, 0)
+
+    workers.run_all()
+    assert channel.resumed == 1
+    for i in range(MAX_HASH_BACKLOG + 4, 40):
+        upload.receive(channel, data[i * 1024:(i + 1) * 1024])
+    workers.run_all()  # the remaining hashes, then sealing the file
+    assert backend.handovers == [hashlib.sha256(data).hexdigest()]
+    assert channel.done
