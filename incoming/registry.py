@@ -28,7 +28,9 @@ class UploadRegistry:
 
     def __init__(self, settings, storage, backend, clock, run_blocking=run_here,
                  metrics=NO_METRICS):
-        journal = Journal(storage.folder, durable=settings.fsync != "none")
+        # Records are synced only at --fsync chunk: a sync per state change would
+        # block the reactor, and a complete file is found again from its size.
+        journal = Journal(storage.folder, durable=settings.fsync == "chunk")
         self._services = Services(settings, storage, journal, backend, clock, run_blocking,
                                   metrics)
         self._uploads: dict[str, Upload] = {}

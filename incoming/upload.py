@@ -744,8 +744,10 @@ class Upload:
         _state.upon(_bad_chunk, enter=_state, outputs=[_refuse_chunk])
         _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
+    # recorded once sealed (with its sha256); until then a restart finds the
+    # complete .part file by its size
     uploading.upon(_complete, enter=handing_over,
-                   outputs=[_stop_idle_timer, _save_record, _seal_and_hand_over])
+                   outputs=[_stop_idle_timer, _seal_and_hand_over])
     handing_over.upon(_resume_handover, enter=handing_over, outputs=[_seal_and_hand_over])
     handing_over.upon(_storage_failed_at_end, enter=cancelled,
                       outputs=_cancelling + [_tell_browser_server_error, _report_cancel,
