@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import attr
 from automat import MethodicalMachine
-from twisted.internet.defer import succeed
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .handover import DONE, HandoverFailed
@@ -37,6 +37,8 @@ from .wire import ErrorCode
 
 # Chunks waiting to be hashed before reading from the browser pauses.
 MAX_HASH_BACKLOG = 16
+# Chunks up to this size are hashed on the reactor thread (tens of µs).
+INLINE_HASH_BYTES = 64 * 1024
 
 # How long a finished or cancelled upload is remembered, in seconds.
 RETENTION = 3600.0
@@ -541,6 +543,9 @@ class Upload:
         runs beside the reactor on another core), chunks of one upload in
         order.  The chunk is already written and acknowledged; if hashing
         falls behind, reading from the browser pauses until it catches up."""
+        if len(data) <= INLINE_HASH_BYTES and self._hash_backlog == 0:
+            digest.update(data)  # cheaper than a trip to a thread
+            return
         self._hash_backlog += 1
         if self._hash_backlog == MAX_HASH_BACKLOG and self._channel is not None:
             self._throttled = self._channel
@@ -559,7 +564,11 @@ class Upload:
         # Last output of its transition: results may arrive synchronously.
         file, self._file = self._file, None
         digest = self._digest
-        d = self._hashing.addCallback(lambda _: self._run_blocking(self._seal, file, digest))
+        # Syncing a file or hashing one from disk takes long: a worker thread;
+        # a rename alone does not.
+        slow = self._settings.fsync != "none" or (digest is None and self._settings.digest != "none")
+        run = self._run_blocking if slow else maybeDeferred
+        d = self._hashing.addCallback(lambda _: run(self._seal, file, digest))
         d.addCallbacks(self._hand_over, self._seal_failed)
         d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
 

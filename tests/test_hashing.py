@@ -10,7 +10,9 @@ from twisted.internet.task import Clock
 from incoming.config import Settings
 from incoming.registry import UploadRegistry
 from incoming.storage import Storage
-from incoming.upload import MAX_HASH_BACKLOG
+from incoming.upload import INLINE_HASH_BYTES, MAX_HASH_BACKLOG
+
+CHUNK = 2 * INLINE_HASH_BYTES  # large enough to go to a worker thread
 
 
 class Channel:
@@ -63,23 +65,37 @@ class WorkerThreads:
 
 def test_slow_hashing_pauses_reading_and_the_digest_stays_right(tmp_path):
     workers, backend = WorkerThreads(), Backend()
-    settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=1)
+    settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=CHUNK // 1024)
     storage = Storage(settings.storage_dir)
     registry = UploadRegistry(settings, storage, backend, Clock(), workers)
     upload = registry.create("http://backend.example/h", "", True)
-    data = os.urandom(40 * 1024)
+    data = os.urandom(40 * CHUNK)
     channel = Channel()
     upload.connect(channel, len(data), "f.bin")
 
     for i in range(MAX_HASH_BACKLOG + 4):  # the browser is faster than hashing
-        upload.receive(channel, data[i * 1024:(i + 1) * 1024])
-    assert channel.acked == (MAX_HASH_BACKLOG + 4) * 1024  # acks wait only for the write
+        upload.receive(channel, data[i * CHUNK:(i + 1) * CHUNK])
+    assert channel.acked == (MAX_HASH_BACKLOG + 4) * CHUNK  # acks wait only for the write
     assert (channel.paused, channel.resumed) == (1, 0)
 
     workers.run_all()
     assert channel.resumed == 1
     for i in range(MAX_HASH_BACKLOG + 4, 40):
-        upload.receive(channel, data[i * 1024:(i + 1) * 1024])
+        upload.receive(channel, data[i * CHUNK:(i + 1) * CHUNK])
     workers.run_all()  # the remaining hashes, then sealing the file
     assert backend.handovers == [hashlib.sha256(data).hexdigest()]
     assert channel.done
+
+
+def test_small_chunks_are_hashed_right_away(tmp_path):
+    workers, backend = WorkerThreads(), Backend()
+    settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=64, fsync="none")
+    registry = UploadRegistry(settings, Storage(settings.storage_dir), backend, Clock(), workers)
+    upload = registry.create("http://backend.example/h", "", True)
+    data = os.urandom(3 * INLINE_HASH_BYTES)
+    channel = Channel()
+    upload.connect(channel, len(data), "small.bin")
+    for i in range(3):
+        upload.receive(channel, data[i * INLINE_HASH_BYTES:(i + 1) * INLINE_HASH_BYTES])
+    assert workers.queue == []  # no trip to a thread: neither hashing nor the rename
+    assert backend.handovers == [hashlib.sha256(data).hexdigest()]
