@@ -41,7 +41,7 @@ APP_SERVER = "127.0.0.2"  # the internal block's allow list, in the test
 
 def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    assert found, "nginx not found: install Debian's nginx package (.ci/run does)"
+    assert found, "nginx not found: install Debian's nginx package (scripts/test does)"
     return found
 
 

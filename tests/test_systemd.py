@@ -44,7 +44,7 @@ def unit_value(path, key):
 def systemd_tool(name):
     """A systemd command-line tool; missing means CI is broken (no skip)."""
     found = shutil.which(name)
-    assert found, f"{name} not found: install Debian's systemd package (.ci/run does)"
+    assert found, f"{name} not found: install Debian's systemd package (scripts/test does)"
     return found
 
 

@@ -44,7 +44,7 @@ def browser():
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         pytest.fail(
             f"Chromium is missing: the browser tests need Debian's Chromium at {CHROMIUM}. "
-            "Install it with `apt-get install chromium` (.ci/run does this); "
+            "Install it with `apt-get install chromium` (scripts/test does this); "
             "these tests never download a browser.",
             pytrace=False,
         )
