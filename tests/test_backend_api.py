@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from fakes import FakeChannel
 from incoming.config import Settings
 from incoming.web import make_site
 
@@ -69,34 +70,6 @@ class FakeBackend(Resource):
 
     def handovers(self):
         return [c for c in self.calls if c.get("cancelled") == "no"]
-
-
-class FakeChannel:
-    """Stands in for a browser's WebSocket connection (the upload's channel)."""
-
-    def __init__(self):
-        self.events = []
-
-    def send_conf(self, chunk_size_kb, file_pos, send_ahead):
-        self.events.append(("conf", file_pos))
-
-    def send_chunk_ack(self, size):
-        self.events.append(("chunk_ack", size))
-
-    def finish_ok(self):
-        self.events.append(("all_done",))
-
-    def fail(self, code, text):
-        self.events.append(("error", code, text))
-
-    def cancelled(self, reason, code):
-        self.events.append(("cancelled", reason))
-
-    def cancel_acked(self):
-        self.events.append(("cancel_ack",))
-
-    def close(self):
-        self.events.append(("close",))
 
 
 class Answer:

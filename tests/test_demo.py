@@ -27,6 +27,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from fakes import FakeChannel
 from incoming import demo
 from incoming.config import Settings
 from incoming.tap import Options, in_thread_pool
@@ -60,38 +61,6 @@ class Worker:
             self.waiting.remove(item)
             d, f, args = item
             maybeDeferred(f, *args).chainDeferred(d)
-
-
-class FakeChannel:
-    """The browser's WebSocket, as the upload sees it."""
-
-    def __init__(self):
-        self.events = []
-
-    def send_conf(self, chunk_size_kb, file_pos, send_ahead):
-        self.events.append(("conf", file_pos))
-
-    def send_chunk_ack(self, size):
-        self.events.append(("chunk_ack", size))
-
-    def finish_ok(self):
-        self.events.append(("all_done",))
-
-    def fail(self, code, text):
-        self.events.append(("error", code, text))
-
-    def cancelled(self, reason, code):
-        self.events.append(("cancelled", reason))
-
-    def cancel_acked(self):
-        self.events.append(("cancel_ack",))
-
-    def close(self):
-        self.events.append(("close",))
-
-    @property
-    def done(self) -> bool:
-        return ("all_done",) in self.events
 
 
 def fired(d):
