@@ -9,10 +9,14 @@ The backend gets a form POST when a file is complete (answer ``done`` or
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 DONE = "done"
 WAIT = "wait"
+
+# Seconds before each new attempt of a cancellation POST that got no answer.
+CANCEL_RETRY_DELAYS = (5.0, 30.0, 120.0)
 
 # An answer longer than this is not "done" or "wait" anyway.
 MAX_ANSWER_BYTES = 4096
@@ -83,8 +87,15 @@ class BackendClient:
             f"backend answered the handover with {answer[:40]!r}, not done or wait"
         )
 
-    def report_cancel(self, ticket, browser_name: str, reason: str) -> Deferred:
-        """Tell the backend an upload was cancelled; failures are only logged."""
+    @inlineCallbacks
+    def report_cancel(self, ticket, browser_name: str, reason: str):
+        """Tell the backend an upload was cancelled.
+
+        Any answer will do (0.1 semantics); only a POST that got no answer
+        (connection refused, timeout) is sent again, after each delay in
+        CANCEL_RETRY_DELAYS, so a backend that is briefly down still hears
+        of it.  Fires with None; failures are logged, never raised.
+        """
         fields = {
             "id": ticket.id,
             "backendSecret": ticket.backend_secret,
@@ -93,16 +104,21 @@ class BackendClient:
             "cancelled": "yes",
             "cancelReason": reason,
         }
-        d = self._post(ticket.signal_finish_url, fields)
-        d.addCallbacks(
-            lambda result: None,
-            lambda f: self._log.warn(
-                "upload {id}: backend was not told of the cancellation: {why}",
-                id=ticket.id,
-                why=_describe(f.value),
-            ),
-        )
-        return d
+        for attempt, delay in enumerate((0.0,) + CANCEL_RETRY_DELAYS):
+            if delay:
+                yield deferLater(self._clock, delay, lambda: None)
+            try:
+                yield self._post(ticket.signal_finish_url, fields)
+                return None
+            except Exception as e:
+                self._log.warn(
+                    "upload {id}: backend was not told of the cancellation "
+                    "(attempt {attempt}): {why}",
+                    id=ticket.id, attempt=attempt + 1, why=_describe(e),
+                )
+        self._log.error("upload {id}: gave up telling the backend of the cancellation",
+                        id=ticket.id)
+        return None
 
 
 def _describe(error: BaseException) -> str:

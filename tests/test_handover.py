@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from treq.testing import StubTreq
 
-from incoming.handover import DONE, WAIT, BackendClient, HandoverFailed
+from incoming.handover import CANCEL_RETRY_DELAYS, DONE, WAIT, BackendClient, HandoverFailed
 from incoming.upload import Ticket
 
 TIMEOUT = 55.0
@@ -65,14 +65,25 @@ class FakeBackend(Resource):
 
 
 class RefusingHttp:
-    """An HTTP client whose every connection is refused."""
+    """An HTTP client whose connections are refused (the first `refusals`
+    of them; None: all), and then answered with 200 "ok"."""
 
-    def __init__(self):
+    def __init__(self, refusals=None):
         self.posts = 0
+        self._refusals = refusals
 
     def post(self, url, data=None, **kw):
         self.posts += 1
-        return defer.fail(error.ConnectionRefusedError())
+        if self._refusals is None or self.posts <= self._refusals:
+            return defer.fail(error.ConnectionRefusedError())
+        return defer.succeed(Answer())
+
+
+class Answer:
+    code = 200
+
+    def content(self):
+        return defer.succeed(b"ok")
 
 
 @pytest.fixture
@@ -214,9 +225,26 @@ def test_report_cancel_ignores_the_answer(status, body, clock):
     assert len(backend.requests) == 1
 
 
-def test_report_cancel_swallows_a_refused_connection(clock):
-    client = BackendClient(RefusingHttp(), clock, TIMEOUT)
-    assert outcome(client.report_cancel(TICKET, "a.txt", "idle")) is None
+def test_report_cancel_tries_a_refused_connection_again_then_gives_up(clock):
+    http = RefusingHttp()
+    client = BackendClient(http, clock, TIMEOUT)
+    d = client.report_cancel(TICKET, "a.txt", "idle")
+    assert http.posts == 1 and not d.called
+    for delay in CANCEL_RETRY_DELAYS:
+        clock.advance(delay)
+    assert http.posts == 1 + len(CANCEL_RETRY_DELAYS)
+    assert outcome(d) is None  # swallowed, after the last attempt
+
+
+def test_report_cancel_reaches_a_backend_that_comes_back(clock):
+    http = RefusingHttp(refusals=1)
+    client = BackendClient(http, clock, TIMEOUT)
+    d = client.report_cancel(TICKET, "a.txt", "idle")
+    clock.advance(CANCEL_RETRY_DELAYS[0])
+    assert http.posts == 2
+    assert outcome(d) is None
+    clock.advance(sum(CANCEL_RETRY_DELAYS))
+    assert http.posts == 2  # delivered once: no more attempts
 
 
 def test_report_cancel_gives_up_on_a_silent_backend(clock):
@@ -225,5 +253,8 @@ def test_report_cancel_gives_up_on_a_silent_backend(clock):
     stub.flush()
     clock.advance(TIMEOUT - 1)
     assert not d.called
-    clock.advance(1)
+    for delay in (1,) + CANCEL_RETRY_DELAYS:  # each attempt times out
+        clock.advance(delay)
+        stub.flush()
+        clock.advance(TIMEOUT)
     assert outcome(d) is None
