@@ -20,6 +20,10 @@ from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_c
 DEFAULTS = Settings()
 
 
+def _key_text(setting) -> str:
+    return f" Config key: {setting.yaml_key}." if setting.yaml_key else ""
+
+
 def _default_text(field: str) -> str:
     value = getattr(DEFAULTS, field)
     if isinstance(value, float):
@@ -55,12 +59,11 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["config", "c", None,
-         "Read settings from a 0.1 incoming_cfg.yaml (keys IncomingIP, "
-         "IncomingPort, StorageDir, UploadChunkSizeKB, UploadSendAhead, "
-         "UploadMaxIdleDurationS, WebsocketConnectionTimeoutS, "
-         "HandoverTimeoutS, HandoverConfirmTimeoutS). [default: none]"],
+         "Read settings from a YAML file: a 0.1 incoming_cfg.yaml (IncomingIP, "
+         "IncomingPort and the keys named below) or one with the newer keys "
+         "too. [default: none]"],
     ] + [
-        [s.flag, None, None, f"{s.help} [default: {_default_text(s.field)}]"]
+        [s.flag, None, None, f"{s.help}{_key_text(s)} [default: {_default_text(s.field)}]"]
         for s in SETTINGS
     ]
 
