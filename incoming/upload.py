@@ -228,11 +228,8 @@ class Upload:
         """A binary frame: one chunk of the file."""
         if channel is not self._channel:
             return
-        if len(data) > self._settings.chunk_size:
-            self._bad_chunk(
-                f"chunk of {len(data)} bytes is larger than the chunk size "
-                f"of {self._settings.chunk_size} bytes"
-            )
+        if len(data) > self._settings.chunk_size:  # the WebSocket layer stops these first
+            self.frame_too_large(channel, len(data))
             return
         if self.received + len(data) > self.length:
             self._bad_chunk(
@@ -530,10 +527,6 @@ class Upload:
         self._channel.send_chunk_ack(len(data))
 
     @_machine.output()
-    def _refuse_chunk(self, reason):
-        self._notify_browser(reason, ErrorCode.PROTOCOL, REPLY_ERROR)
-
-    @_machine.output()
     def _refuse_stray_chunk(self):
         self._notify_browser("file data after the file was complete",
                              ErrorCode.PROTOCOL, REPLY_ERROR)
@@ -750,7 +743,7 @@ class Upload:
     uploading.upon(_bad_chunk, enter=cancelled,
                    outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget])
     for _state in (handing_over, waiting_for_finish):
-        _state.upon(_bad_chunk, enter=_state, outputs=[_refuse_chunk])
+        _state.upon(_bad_chunk, enter=_state, outputs=[_tell_browser_protocol_error])
         _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
     # recorded once sealed (with its sha256); until then a restart finds the

@@ -52,7 +52,12 @@ def operations_pages(root: Resource, settings, metrics=None) -> Resource:
 
 def metrics_site(settings, metrics) -> Site:
     """What --metrics-port serves: /metrics and /health, nothing else."""
-    site = Site(operations_pages(Resource(), settings, metrics), logFormatter=access_log_line)
+    return _site(operations_pages(Resource(), settings, metrics))
+
+
+def _site(root: Resource) -> Site:
+    """A Site that logs without query strings and never shows tracebacks."""
+    site = Site(root, logFormatter=access_log_line)
     site.displayTracebacks = False
     return site
 
@@ -94,7 +99,4 @@ def make_site(settings, clock, http, demo: bool = False,
     backend = BackendClient(http, clock, settings.handover_timeout)
     registry = UploadRegistry(settings, storage, backend, clock, run_blocking, metrics)
     registry.restore()
-    site = Site(build_root(registry, settings, clock, demo, run_blocking, metrics),
-                logFormatter=access_log_line)
-    site.displayTracebacks = False
-    return site, registry
+    return _site(build_root(registry, settings, clock, demo, run_blocking, metrics)), registry
