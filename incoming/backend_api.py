@@ -91,7 +91,8 @@ class BackendCall(Resource):
         if request.method != b"POST":
             request.setHeader(b"allow", b"POST")
             return text_response(
-                request, 405,
+                request,
+                405,
                 f"method {request.method.decode('latin-1')} not allowed; use POST\n",
             )
         try:
@@ -203,7 +204,10 @@ def backend_api(registry, settings) -> Resource:
     """The /incoming/0.1/backend/ folder."""
     guard = BackendGuard(settings.backend_allow, settings.backend_token)
     folder = Resource()
-    for name, call in ((b"new_upload", NewUpload), (b"cancel_upload", CancelUpload),
-                       (b"finish_upload", FinishUpload)):
+    for name, call in (
+        (b"new_upload", NewUpload),
+        (b"cancel_upload", CancelUpload),
+        (b"finish_upload", FinishUpload),
+    ):
         folder.putChild(name, call(registry, settings, guard))
     return folder

@@ -105,7 +105,8 @@ class DemoBackend:
     def knows(self, ticket_id: str, secret: str) -> bool:
         expected = self._secrets.get(ticket_id)
         return expected is not None and hmac.compare_digest(
-            expected.encode("utf-8"), secret.encode("utf-8"))
+            expected.encode("utf-8"), secret.encode("utf-8")
+        )
 
     def cancelled(self, ticket_id: str, browser_name: str, reason: str) -> None:
         self._secrets.pop(ticket_id, None)
@@ -133,18 +134,21 @@ class DemoBackend:
             lambda failure: self._hash_failed(record, failure),
         )
         if answer == DONE:
+
             def answer_done(_):
                 if record.outcome == HANDING_OVER:  # not cancelled meanwhile
                     self._secrets.pop(ticket_id, None)
                     record.outcome = ANSWERED_DONE
                 return DONE
+
             return hashed.addCallback(answer_done)
         record.outcome = WAITING
         delay = deferLater(self._clock, FINISH_DELAY, lambda: None)
         finishing = gatherResults([hashed, delay], consumeErrors=True)
         finishing.addCallback(lambda _: self._finish(record))
         finishing.addErrback(
-            lambda f: self._log.failure("demo: upload {id}: finishing", f, id=ticket_id))
+            lambda f: self._log.failure("demo: upload {id}: finishing", f, id=ticket_id)
+        )
         return succeed(WAIT)
 
     # ---- inside -------------------------------------------------------------
@@ -160,7 +164,9 @@ class DemoBackend:
         record.size, record.sha256 = size, sha256
         self._log.info(
             "demo: upload {id}: {size} bytes, sha256 {sha256}",
-            id=record.id, size=size, sha256=sha256,
+            id=record.id,
+            size=size,
+            sha256=sha256,
         )
 
     def _hash_failed(self, record: Received, failure) -> None:
@@ -214,7 +220,8 @@ class _DemoCall(Resource):
         if request.method != self.method:
             request.setHeader(b"allow", self.method)
             return plain_text(
-                request, 405,
+                request,
+                405,
                 f"method {request.method.decode('latin-1')} not allowed; "
                 f"use {self.method.decode('ascii')}\n",
             )

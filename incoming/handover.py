@@ -114,10 +114,13 @@ class BackendClient:
                 self._log.warn(
                     "upload {id}: backend was not told of the cancellation "
                     "(attempt {attempt}): {why}",
-                    id=ticket.id, attempt=attempt + 1, why=_describe(e),
+                    id=ticket.id,
+                    attempt=attempt + 1,
+                    why=_describe(e),
                 )
-        self._log.error("upload {id}: gave up telling the backend of the cancellation",
-                        id=ticket.id)
+        self._log.error(
+            "upload {id}: gave up telling the backend of the cancellation", id=ticket.id
+        )
         return None
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import getopt
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.logger import FileLogObserver, formatEvent
 
@@ -33,8 +33,9 @@ PLAIN = (str, int, float, bool, type(None))
 def event_as_json(event: dict) -> str:
     """One event as one line of JSON (ASCII, so any file encoding works)."""
     record = {
-        "time": datetime.fromtimestamp(event.get("log_time", 0.0), timezone.utc)
-        .isoformat(timespec="milliseconds"),
+        "time": datetime.fromtimestamp(event.get("log_time", 0.0), UTC).isoformat(
+            timespec="milliseconds"
+        ),
         "level": getattr(event.get("log_level"), "name", "info"),
         "namespace": event.get("log_namespace", ""),
         "system": event.get("log_system", "-"),

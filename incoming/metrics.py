@@ -14,8 +14,15 @@ values must stay few, and text may carry anything.
 
 from __future__ import annotations
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
-                               PlatformCollector, ProcessCollector)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
 
@@ -30,11 +37,40 @@ TOO_LARGE = "too_large"  # the file is above --max-file-size
 CANCEL_KINDS = (BROWSER, BACKEND, IDLE, PROTOCOL, STORAGE, HANDOVER, TOO_LARGE)
 
 # A chunk write is a write(2) to the page cache (plus fsync with --fsync chunk).
-CHUNK_WRITE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                       0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CHUNK_WRITE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 # A handover is an HTTP POST to the backend, bounded by --handover-timeout.
-HANDOVER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0, 120.0)
+HANDOVER_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
 
 
 def server_registry() -> CollectorRegistry:
@@ -53,34 +89,47 @@ class Metrics:
         self.registry = registry if registry is not None else server_registry()
         r = self.registry
         self._created = Counter(
-            "incoming_uploads_created", "Upload tickets issued (new_upload).", registry=r)
+            "incoming_uploads_created", "Upload tickets issued (new_upload).", registry=r
+        )
         self._finished = Counter(
-            "incoming_uploads_finished", "Uploads handed over and accepted by the backend.",
-            registry=r)
+            "incoming_uploads_finished",
+            "Uploads handed over and accepted by the backend.",
+            registry=r,
+        )
         cancelled = Counter(
-            "incoming_uploads_cancelled", "Uploads cancelled, by reason.", ["reason"],
-            registry=r)
+            "incoming_uploads_cancelled", "Uploads cancelled, by reason.", ["reason"], registry=r
+        )
         # Every reason is exported from the start (as 0), so rate() sees its first one.
         self._cancelled = {kind: cancelled.labels(reason=kind) for kind in CANCEL_KINDS}
         self._received = Counter(
-            "incoming_received_bytes", "Bytes of uploaded files written to the storage folder.",
-            registry=r)
+            "incoming_received_bytes",
+            "Bytes of uploaded files written to the storage folder.",
+            registry=r,
+        )
         self._open_uploads = Gauge(
-            "incoming_open_uploads", "Uploads neither finished nor cancelled.", registry=r)
+            "incoming_open_uploads", "Uploads neither finished nor cancelled.", registry=r
+        )
         self._websockets = Gauge(
-            "incoming_websocket_connections", "Open upload WebSocket connections.", registry=r)
+            "incoming_websocket_connections", "Open upload WebSocket connections.", registry=r
+        )
         self._handover = Histogram(
             "incoming_handover_duration_seconds",
             "Time from the handover POST to the backend's answer or failure.",
-            buckets=HANDOVER_BUCKETS, registry=r)
+            buckets=HANDOVER_BUCKETS,
+            registry=r,
+        )
         self._handover_failures = Counter(
             "incoming_handover_failures",
             "Handovers that failed (refused, non-200, bad answer, timeout, "
-            "no finish_upload in time).", registry=r)
+            "no finish_upload in time).",
+            registry=r,
+        )
         self._chunk_write = Histogram(
             "incoming_chunk_write_duration_seconds",
             "Time to write one chunk to its file (and sync it with --fsync chunk).",
-            buckets=CHUNK_WRITE_BUCKETS, registry=r)
+            buckets=CHUNK_WRITE_BUCKETS,
+            registry=r,
+        )
 
     def upload_created(self) -> None:
         self._created.inc()

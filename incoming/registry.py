@@ -26,18 +26,19 @@ class UploadRegistry:
 
     _log = Logger()
 
-    def __init__(self, settings, storage, backend, clock, run_blocking=run_here,
-                 metrics=NO_METRICS):
+    def __init__(
+        self, settings, storage, backend, clock, run_blocking=run_here, metrics=NO_METRICS
+    ):
         # Records are synced only at --fsync chunk: a sync per state change would
         # block the reactor, and a complete file is found again from its size.
         journal = Journal(storage.folder, durable=settings.fsync == "chunk")
-        self._services = Services(settings, storage, journal, backend, clock, run_blocking,
-                                  metrics)
+        self._services = Services(settings, storage, journal, backend, clock, run_blocking, metrics)
         self._uploads: dict[str, Upload] = {}
         metrics.count_open_uploads(self.open_count)
 
-    def create(self, signal_finish_url: str, backend_secret: str,
-               remove_file_when_finished: bool) -> Upload:
+    def create(
+        self, signal_finish_url: str, backend_secret: str, remove_file_when_finished: bool
+    ) -> Upload:
         ticket = Ticket(
             id=new_ticket_id(),
             signal_finish_url=signal_finish_url,
@@ -50,7 +51,9 @@ class UploadRegistry:
         self._services.metrics.upload_created()
         self._log.info(
             "upload {id}: created (handover to {url}, remove when finished: {remove})",
-            id=ticket.id, url=signal_finish_url, remove=remove_file_when_finished,
+            id=ticket.id,
+            url=signal_finish_url,
+            remove=remove_file_when_finished,
         )
         return upload
 
@@ -61,13 +64,18 @@ class UploadRegistry:
             try:
                 upload = Upload.restore(record, self._services, self._forget)
             except (KeyError, TypeError, ValueError, OSError) as e:
-                self._log.error("upload {id}: cannot restore: {why}",
-                                id=record.get("id"), why=str(e))
+                self._log.error(
+                    "upload {id}: cannot restore: {why}", id=record.get("id"), why=str(e)
+                )
                 continue
             self._uploads[upload.ticket.id] = upload
-            self._log.info("upload {id}: restored, {state} at byte {pos} of {length}",
-                           id=upload.ticket.id, state=upload.state,
-                           pos=upload.received, length=upload.length)
+            self._log.info(
+                "upload {id}: restored, {state} at byte {pos} of {length}",
+                id=upload.ticket.id,
+                state=upload.state,
+                pos=upload.received,
+                length=upload.length,
+            )
         self._log_foreign_files()
 
     def _log_foreign_files(self) -> None:
@@ -76,8 +84,9 @@ class UploadRegistry:
             ours.update({upload_id, upload_id + PART_SUFFIX, upload_id + RECORD_SUFFIX})
         for name in sorted(os.listdir(self._services.storage.folder)):
             if name not in ours:
-                self._log.info("storage folder: {name} belongs to no open upload; left alone",
-                               name=name)
+                self._log.info(
+                    "storage folder: {name} belongs to no open upload; left alone", name=name
+                )
 
     def get(self, ticket_id: str) -> Upload | None:
         canonical = parse_ticket_id(ticket_id)

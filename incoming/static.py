@@ -135,7 +135,8 @@ class StaticFile(Resource):
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return plain_text(
-                request, 405,
+                request,
+                405,
                 f"method {request.method.decode('latin-1')} not allowed; use GET\n",
             )
         version = None

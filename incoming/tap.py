@@ -51,17 +51,24 @@ class Options(usage.Options):
         "the --config file, which overrides the defaults."
     )
     optFlags = [
-        ["demo", None,
-         "Also serve a demo web app at /demo/ that plays the app backend "
-         "(gets tickets, takes handovers, lists sha256 of received files). "
-         "Anyone who reaches it can upload: not for a public server. "
-         "[default: off]"],
+        [
+            "demo",
+            None,
+            "Also serve a demo web app at /demo/ that plays the app backend "
+            "(gets tickets, takes handovers, lists sha256 of received files). "
+            "Anyone who reaches it can upload: not for a public server. "
+            "[default: off]",
+        ],
     ]
     optParameters = [
-        ["config", "c", None,
-         "Read settings from a YAML file: a 0.1 incoming_cfg.yaml (IncomingIP, "
-         "IncomingPort and the keys named below) or one with the newer keys "
-         "too. [default: none]"],
+        [
+            "config",
+            "c",
+            None,
+            "Read settings from a YAML file: a 0.1 incoming_cfg.yaml (IncomingIP, "
+            "IncomingPort and the keys named below) or one with the newer keys "
+            "too. [default: none]",
+        ],
     ] + [
         [s.flag, None, None, f"{s.help}{_key_text(s)} [default: {_default_text(s.field)}]"]
         for s in SETTINGS
@@ -133,26 +140,37 @@ def in_thread_pool(reactor):
 
 
 def makeService(config) -> MultiService:
-    from twisted.internet import reactor
     from treq.client import HTTPClient
+    from twisted.internet import reactor
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from .tls import backend_tls_policy
     from .metrics import Metrics
+    from .tls import backend_tls_policy
     from .web import make_site, metrics_site
 
     settings = config.settings
     metrics = Metrics()  # this server's own CollectorRegistry
     # A new connection per handover: a pooled one the backend closed meanwhile
     # would fail the POST (POSTs are not retried) and cancel the upload.
-    http = HTTPClient(Agent(reactor, contextFactory=backend_tls_policy(settings.backend_ca),
-                            pool=HTTPConnectionPool(reactor, persistent=False)))
-    site, registry = make_site(settings, reactor, http, demo=bool(config["demo"]),
-                               run_blocking=in_thread_pool(reactor), metrics=metrics)
+    http = HTTPClient(
+        Agent(
+            reactor,
+            contextFactory=backend_tls_policy(settings.backend_ca),
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
+    )
+    site, registry = make_site(
+        settings,
+        reactor,
+        http,
+        demo=bool(config["demo"]),
+        run_blocking=in_thread_pool(reactor),
+        metrics=metrics,
+    )
     service = MultiService()
-    StreamServerEndpointService(
-        serverFromString(reactor, settings.listen), site
-    ).setServiceParent(service)
+    StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(
+        service
+    )
     if settings.metrics_listen:
         StreamServerEndpointService(
             serverFromString(reactor, settings.metrics_listen), metrics_site(settings, metrics)

@@ -21,8 +21,9 @@ Time comes from the injected clock, HTTP from the injected backend client.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from time import perf_counter
-from typing import Any, Callable
+from typing import Any
 
 import attr
 from automat import MethodicalMachine
@@ -30,8 +31,7 @@ from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .handover import DONE, HandoverFailed
-from .metrics import (BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE,
-                      TOO_LARGE)
+from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
 from .storage import StorageError, remove_quietly, sha256_of_file
 from .wire import ErrorCode
 
@@ -113,7 +113,7 @@ class Upload:
         self._path: str | None = None
 
     @classmethod
-    def restore(cls, record: dict, services: Services, forget) -> "Upload":
+    def restore(cls, record: dict, services: Services, forget) -> Upload:
         """Rebuild an upload from its journal record and the bytes on disk.
 
         An upload that was uploading or paused resumes from the bytes in its
@@ -211,11 +211,17 @@ class Upload:
         except OSError:
             return True  # the open or write that follows will report it
         if missing and free < needed:
-            self._log.warn("upload {id}: refused, {needed} bytes needed, {free} free",
-                           id=self.ticket.id, needed=needed, free=free)
-            channel.fail(ErrorCode.NO_SPACE,
-                         f"not enough free space on the server for the remaining "
-                         f"{missing} bytes; try again later")
+            self._log.warn(
+                "upload {id}: refused, {needed} bytes needed, {free} free",
+                id=self.ticket.id,
+                needed=needed,
+                free=free,
+            )
+            channel.fail(
+                ErrorCode.NO_SPACE,
+                f"not enough free space on the server for the remaining "
+                f"{missing} bytes; try again later",
+            )
             return False
         return True
 
@@ -267,8 +273,9 @@ class Upload:
         except TooLate as e:
             channel.fail(ErrorCode.TOO_LATE, str(e))
 
-    def cancel(self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL,
-               kind=BACKEND) -> None:
+    def cancel(
+        self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL, kind=BACKEND
+    ) -> None:
         """Cancel unless the handover has begun (then raise TooLate)."""
         if self.state in ("handing_over", "waiting_for_finish"):
             raise TooLate("too late to cancel: the file is being handed over")
@@ -466,14 +473,18 @@ class Upload:
     def _log_paused(self):
         self._log.info(
             "upload {id}: paused at byte {pos} of {length}",
-            id=self.ticket.id, pos=self.received, length=self.length,
+            id=self.ticket.id,
+            pos=self.received,
+            length=self.length,
         )
 
     @_machine.output()
     def _log_disconnected(self):
         self._log.info(
             "upload {id}: browser disconnected at byte {pos} of {length}",
-            id=self.ticket.id, pos=self.received, length=self.length,
+            id=self.ticket.id,
+            pos=self.received,
+            length=self.length,
         )
 
     @_machine.output()
@@ -497,18 +508,21 @@ class Upload:
 
     def save(self) -> None:
         """Write this upload's journal record (atomically)."""
-        self._journal.save(self.ticket.id, {
-            "id": self.ticket.id,
-            "signal_finish_url": self.ticket.signal_finish_url,
-            "backend_secret": self.ticket.backend_secret,
-            "remove_file_when_finished": self.ticket.remove_file_when_finished,
-            "length": self.length,
-            "browser_name": self.browser_name,
-            "state": self.state,
-            "touched_at": self._touched_at,
-            "waiting_since": self._waiting_since,
-            "sha256": self.sha256,
-        })
+        self._journal.save(
+            self.ticket.id,
+            {
+                "id": self.ticket.id,
+                "signal_finish_url": self.ticket.signal_finish_url,
+                "backend_secret": self.ticket.backend_secret,
+                "remove_file_when_finished": self.ticket.remove_file_when_finished,
+                "length": self.length,
+                "browser_name": self.browser_name,
+                "state": self.state,
+                "touched_at": self._touched_at,
+                "waiting_since": self._waiting_since,
+                "sha256": self.sha256,
+            },
+        )
 
     @_machine.output()
     def _drop_record(self):
@@ -528,8 +542,9 @@ class Upload:
 
     @_machine.output()
     def _refuse_stray_chunk(self):
-        self._notify_browser("file data after the file was complete",
-                             ErrorCode.PROTOCOL, REPLY_ERROR)
+        self._notify_browser(
+            "file data after the file was complete", ErrorCode.PROTOCOL, REPLY_ERROR
+        )
 
     def _hash_later(self, digest, data):
         """Hash a chunk in a worker thread (hashlib releases the GIL, so it
@@ -559,7 +574,9 @@ class Upload:
         digest = self._digest
         # Syncing a file or hashing one from disk takes long: a worker thread;
         # a rename alone does not.
-        slow = self._settings.fsync != "none" or (digest is None and self._settings.digest != "none")
+        slow = self._settings.fsync != "none" or (
+            digest is None and self._settings.digest != "none"
+        )
         run = self._run_blocking if slow else maybeDeferred
         d = self._hashing.addCallback(lambda _: run(self._seal, file, digest))
         d.addCallbacks(self._hand_over, self._seal_failed)
@@ -571,7 +588,10 @@ class Upload:
         sync = self._settings.fsync != "none"
         if file is not None:
             path = file.complete(sync=sync)
-        elif self.sha256 is not None and self._storage.stored_size(self.ticket.id, self.length) is None:
+        elif (
+            self.sha256 is not None
+            and self._storage.stored_size(self.ticket.id, self.length) is None
+        ):
             # sealed and offered before a restart, then moved away by the backend
             return self._storage.final_path(self.ticket.id), self.sha256
         else:
@@ -593,7 +613,10 @@ class Upload:
         self.save()  # with the sha256: a restart can offer the file again as it was
         self._log.info(
             "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
-            id=self.ticket.id, length=self.length, path=self._path, sha256=self.sha256,
+            id=self.ticket.id,
+            length=self.length,
+            path=self._path,
+            sha256=self.sha256,
         )
         started = self._clock.seconds()
         d = self._backend.hand_over(self.ticket, self._path, self.browser_name, self.sha256)
@@ -657,8 +680,9 @@ class Upload:
     @_machine.output()
     def _record_cancel(self, reason, kind):
         self.cancel_reason = reason
-        self._log.info("upload {id}: cancelled: {reason}", id=self.ticket.id, reason=reason,
-                       cancel_kind=kind)
+        self._log.info(
+            "upload {id}: cancelled: {reason}", id=self.ticket.id, reason=reason, cancel_kind=kind
+        )
         self._metrics.upload_cancelled(kind)
 
     @_machine.output()
@@ -716,59 +740,90 @@ class Upload:
     # ---- transitions ------------------------------------------------------
 
     _cancelling = [_stop_idle_timer, _record_cancel, _drop_record, _discard_file]
-    _finishing = [_stop_confirm_timer, _drop_record, _announce_done, _remove_file_if_asked,
-                  _schedule_forget]
+    _finishing = [
+        _stop_confirm_timer,
+        _drop_record,
+        _announce_done,
+        _remove_file_if_asked,
+        _schedule_forget,
+    ]
 
-    created.upon(_connect, enter=uploading,
-                 outputs=[_bind, _create_file, _log_connected, _touch, _save_record, _send_conf])
-    paused.upon(_connect, enter=uploading,
-                outputs=[_bind, _reopen_file, _log_connected, _touch, _send_conf])
+    created.upon(
+        _connect,
+        enter=uploading,
+        outputs=[_bind, _create_file, _log_connected, _touch, _save_record, _send_conf],
+    )
+    paused.upon(
+        _connect, enter=uploading, outputs=[_bind, _reopen_file, _log_connected, _touch, _send_conf]
+    )
     uploading.upon(_connect, enter=uploading, outputs=[_refuse_busy])
     handing_over.upon(_connect, enter=handing_over, outputs=[_bind_waiter])
     waiting_for_finish.upon(_connect, enter=waiting_for_finish, outputs=[_bind_waiter])
     finished.upon(_connect, enter=finished, outputs=[_replay_done])
     cancelled.upon(_connect, enter=cancelled, outputs=[_refuse_cancelled])
 
-    uploading.upon(_disconnect, enter=paused,
-                   outputs=[_unbind, _close_file, _touch, _save_record, _log_disconnected])
+    uploading.upon(
+        _disconnect,
+        enter=paused,
+        outputs=[_unbind, _close_file, _touch, _save_record, _log_disconnected],
+    )
     for _state in (handing_over, waiting_for_finish, finished, cancelled):
         _state.upon(_disconnect, enter=_state, outputs=[_unbind])
 
-    uploading.upon(_pause, enter=paused,
-                   outputs=[_unbind, _close_file, _touch, _save_record, _log_paused])
+    uploading.upon(
+        _pause, enter=paused, outputs=[_unbind, _close_file, _touch, _save_record, _log_paused]
+    )
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_pause, enter=_state, outputs=[])
 
     uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk, _touch])
-    uploading.upon(_bad_chunk, enter=cancelled,
-                   outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget])
+    uploading.upon(
+        _bad_chunk,
+        enter=cancelled,
+        outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget],
+    )
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_bad_chunk, enter=_state, outputs=[_tell_browser_protocol_error])
         _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
     # recorded once sealed (with its sha256); until then a restart finds the
     # complete .part file by its size
-    uploading.upon(_complete, enter=handing_over,
-                   outputs=[_stop_idle_timer, _seal_and_hand_over])
+    uploading.upon(_complete, enter=handing_over, outputs=[_stop_idle_timer, _seal_and_hand_over])
     handing_over.upon(_resume_handover, enter=handing_over, outputs=[_seal_and_hand_over])
-    handing_over.upon(_storage_failed_at_end, enter=cancelled,
-                      outputs=_cancelling + [_tell_browser_server_error, _report_cancel,
-                                             _schedule_forget])
+    handing_over.upon(
+        _storage_failed_at_end,
+        enter=cancelled,
+        outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget],
+    )
 
     for _state in (created, paused, uploading):
-        _state.upon(_cancel, enter=cancelled,
-                    outputs=_cancelling + [_tell_browser, _report_cancel, _schedule_forget])
+        _state.upon(
+            _cancel,
+            enter=cancelled,
+            outputs=_cancelling + [_tell_browser, _report_cancel, _schedule_forget],
+        )
     cancelled.upon(_cancel, enter=cancelled, outputs=[])
 
     handing_over.upon(_handover_done, enter=finished, outputs=_finishing)
-    handing_over.upon(_handover_wait, enter=waiting_for_finish,
-                      outputs=[_start_confirm_timer, _save_record])
+    handing_over.upon(
+        _handover_wait, enter=waiting_for_finish, outputs=[_start_confirm_timer, _save_record]
+    )
     waiting_for_finish.upon(_finish, enter=finished, outputs=_finishing)
     for _state in (handing_over, waiting_for_finish):
-        _state.upon(_handover_failed, enter=cancelled,
-                    outputs=[_stop_confirm_timer, _record_cancel, _count_handover_failure,
-                             _drop_record, _discard_file, _tell_browser_handover_failed,
-                             _report_cancel, _schedule_forget])
+        _state.upon(
+            _handover_failed,
+            enter=cancelled,
+            outputs=[
+                _stop_confirm_timer,
+                _record_cancel,
+                _count_handover_failure,
+                _drop_record,
+                _discard_file,
+                _tell_browser_handover_failed,
+                _report_cancel,
+                _schedule_forget,
+            ],
+        )
 
     for _state in (finished, cancelled):
         _state.upon(_forget, enter=forgotten, outputs=[_unregister])

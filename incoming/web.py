@@ -18,15 +18,17 @@ from .storage import Storage
 from .wsproto import UploadFactory
 
 
-def build_root(registry, settings, clock, demo: bool = False,
-               run_blocking=run_here, metrics=NO_METRICS) -> Resource:
+def build_root(
+    registry, settings, clock, demo: bool = False, run_blocking=run_here, metrics=NO_METRICS
+) -> Resource:
     """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
     incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
     /metrics unless --metrics-port moves it."""
     files = FileCache()
     frontend = Resource()
-    frontend.putChild(b"upload_ws",
-                      WebSocketResource(UploadFactory(registry, settings, clock, metrics)))
+    frontend.putChild(
+        b"upload_ws", WebSocketResource(UploadFactory(registry, settings, clock, metrics))
+    )
     library_files(frontend, files)
     version = Resource()
     version.putChild(b"backend", backend_api(registry, settings))
@@ -82,8 +84,9 @@ def access_log_line(timestamp, request) -> str:
     return combinedLogFormatter(timestamp, _PathOnly(request))
 
 
-def make_site(settings, clock, http, demo: bool = False,
-              run_blocking=run_here, metrics=None) -> tuple[Site, UploadRegistry]:
+def make_site(
+    settings, clock, http, demo: bool = False, run_blocking=run_here, metrics=None
+) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry.
 
     ``clock`` is the reactor (or a Clock in tests); ``http`` is a treq

@@ -76,9 +76,7 @@ class ProtocolError(Exception):
     """A message from the client that is not valid 0.1 protocol."""
 
 
-CLIENT_MESSAGE_TYPES = frozenset(
-    {"MsgUploadReq", "MsgAck", "MsgPause", "MsgCancel", "MsgError"}
-)
+CLIENT_MESSAGE_TYPES = frozenset({"MsgUploadReq", "MsgAck", "MsgPause", "MsgCancel", "MsgError"})
 
 
 def parse_message(payload: bytes) -> tuple[str, dict]:
@@ -129,8 +127,9 @@ def _encode(msg_type: str, data: dict) -> bytes:
     return json.dumps({"MsgType": msg_type, "MsgData": data}).encode("utf-8")
 
 
-def msg_upload_conf(chunk_size_kb: int, file_pos: int, send_ahead: int,
-                    window_bytes: int | None = None) -> bytes:
+def msg_upload_conf(
+    chunk_size_kb: int, file_pos: int, send_ahead: int, window_bytes: int | None = None
+) -> bytes:
     data = {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead}
     if window_bytes is not None:
         data["WindowBytes"] = window_bytes

@@ -10,8 +10,8 @@ The protocol object is also the upload's *channel*: the upload calls
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
 from autobahn.util import wildcards2patterns
+from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
@@ -157,8 +157,9 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def fail(self, code, text):
         if not self._closing:
-            self._log.info("closing connection with error {code}: {text}",
-                           code=int(code), text=text)
+            self._log.info(
+                "closing connection with error {code}: {text}", code=int(code), text=text
+            )
         self._send(wire.msg_error(code, text))
         self.close()
 
