@@ -1,0 +1,257 @@
+"""
+The data store of the embedded default: one file per upload in the storage
+folder.
+
+A file is named after its ticket id (never after the browser's file name)
+and carries a ``.part`` suffix until every byte has arrived, so a reader of
+the folder never mistakes a half-written file for a finished one.  The
+server only ever deletes files it created itself, and never wipes the
+folder.
+
+Chunk writes are positioned writes to the page cache, done on the reactor
+thread (a thread hop costs more than the write); everything that can stall
+(open, fsync, rename, unlink, close, statvfs, reads for a checksum) runs
+through ``run_blocking``, one upload's operations in order.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import fail, succeed
+from zope.interface import implementer
+
+from .fsops import remove_quietly
+from .interfaces import (
+    DataGone,
+    IDataReader,
+    IDataStore,
+    IFreeSpace,
+    IInventory,
+    IRemoveAfterHandover,
+    IUploadData,
+    StoreError,
+    WrongOffset,
+)
+from .storage_pool import SerialQueue
+
+PART_SUFFIX = ".part"
+READ_BLOCK = 1 << 20
+
+
+@implementer(IDataStore, IFreeSpace, IRemoveAfterHandover, IInventory)
+class FolderStore:
+    """The storage folder."""
+
+    def __init__(self, folder: str, run_blocking):
+        self.folder = os.path.abspath(folder)
+        self._run = run_blocking
+
+    def prepare(self) -> None:
+        """Create the folder if missing; leave whatever is in it alone (blocking)."""
+        os.makedirs(self.folder, exist_ok=True)
+
+    def location(self, upload_id: str) -> str:
+        return os.path.join(self.folder, upload_id)
+
+    def _part(self, upload_id: str) -> str:
+        return self.location(upload_id) + PART_SUFFIX
+
+    def create(self, upload_id: str):
+        path = self._part(upload_id)
+
+        def blocking():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except OSError as e:
+                raise StoreError(f"cannot create {path}: {e.strerror}") from None
+            return FolderUpload(self, upload_id, fd, 0)
+
+        return self._run(blocking)
+
+    def reopen(self, upload_id: str):
+        path = self._part(upload_id)
+
+        def blocking():
+            try:
+                fd = os.open(path, os.O_WRONLY)
+            except FileNotFoundError:
+                raise DataGone(f"cannot reopen {path}: the file is gone") from None
+            except OSError as e:
+                raise StoreError(f"cannot reopen {path}: {e.strerror}") from None
+            return FolderUpload(self, upload_id, fd, os.fstat(fd).st_size)
+
+        return self._run(blocking)
+
+    def held(self, upload_id: str, length: int):
+        """A complete file may already carry its final name; a .part file
+        longer than the announced length is trimmed to it."""
+        part, final = self._part(upload_id), self.location(upload_id)
+
+        def blocking():
+            try:
+                size = os.path.getsize(part)
+            except FileNotFoundError:
+                try:
+                    return os.path.getsize(final), True
+                except FileNotFoundError:
+                    return None
+            if size > length:
+                os.truncate(part, length)
+                size = length
+            return size, False
+
+        return self._run(blocking)
+
+    def seal_existing(self, upload_id: str, durable: bool):
+        part, final = self._part(upload_id), self.location(upload_id)
+
+        def blocking():
+            if os.path.exists(part):
+                _seal(upload_id, part, final, None, durable)
+            elif not os.path.exists(final):
+                raise DataGone(f"the file of upload {upload_id} is gone")
+            return final
+
+        return self._run(blocking)
+
+    def open_reader(self, upload_id: str):
+        part, final = self._part(upload_id), self.location(upload_id)
+
+        def blocking():
+            for path in (final, part):
+                try:
+                    return FolderReader(open(path, "rb"), self._run)  # noqa: SIM115
+                except FileNotFoundError:
+                    continue
+            raise DataGone(f"the file of upload {upload_id} is gone")
+
+        return self._run(blocking)
+
+    def discard(self, upload_id: str):
+        def blocking():
+            for path in (self._part(upload_id), self.location(upload_id)):
+                remove_quietly(path)
+
+        return self._run(blocking)
+
+    def remove(self, location: str):
+        return self._run(remove_quietly, location)
+
+    def free_bytes(self):
+        def blocking():
+            stats = os.statvfs(self.folder)
+            return stats.f_bavail * stats.f_frsize
+
+        return self._run(blocking)
+
+    def unclaimed(self, known_ids):
+        known = set(known_ids)
+
+        def blocking():
+            return [n for n in sorted(os.listdir(self.folder)) if n.split(".", 1)[0] not in known]
+
+        return self._run(blocking)
+
+
+@implementer(IUploadData)
+class FolderUpload:
+    """An open .part file."""
+
+    def __init__(self, store: FolderStore, upload_id: str, fd: int, size: int):
+        self._store = store
+        self.upload_id = upload_id
+        self._fd: int | None = fd
+        self.size = size
+        self._queue = SerialQueue()  # fsync, close, rename, unlink: in order
+
+    def write_at(self, offset: int, data):
+        if offset != self.size:
+            return fail(WrongOffset(f"write at {offset}, but {self.size} bytes are stored"))
+        if self._fd is None:
+            return fail(StoreError(f"upload {self.upload_id} is not open for writing"))
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as e:
+            self.size = os.fstat(self._fd).st_size
+            return fail(StoreError(f"cannot write upload {self.upload_id}: {e.strerror}"))
+        self.size = offset
+        return succeed(offset)
+
+    def _blocking(self, f, *args):
+        return self._queue.run(self._store._run, f, *args)
+
+    def sync(self):
+        fd = self._fd
+        if fd is None:
+            return succeed(None)
+        return self._blocking(_fsync, self.upload_id, fd)
+
+    def finish(self, durable: bool):
+        fd, self._fd = self._fd, None
+        part, final = self._store._part(self.upload_id), self._store.location(self.upload_id)
+        return self._blocking(_seal, self.upload_id, part, final, fd, durable).addCallback(
+            lambda _: final
+        )
+
+    def close(self):
+        fd, self._fd = self._fd, None
+        return self._blocking(_close, fd)
+
+    def terminate(self):
+        fd, self._fd = self._fd, None
+        part = self._store._part(self.upload_id)
+
+        def blocking():
+            _close(fd)
+            remove_quietly(part)
+
+        return self._blocking(blocking)
+
+
+@implementer(IDataReader)
+class FolderReader:
+    """A file opened for reading; reads run through run_blocking."""
+
+    def __init__(self, file, run_blocking):
+        self._file = file
+        self._run = run_blocking
+
+    def read(self, size: int = READ_BLOCK):
+        return self._run(self._file.read, size)
+
+    def close(self):
+        return self._run(self._file.close)
+
+
+def _fsync(upload_id: str, fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise StoreError(f"cannot sync upload {upload_id}: {e.strerror}") from None
+
+
+def _close(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _seal(upload_id: str, part: str, final: str, fd: int | None, durable: bool) -> None:
+    """Make the bytes durable if asked, close, and rename to the final name."""
+    try:
+        if durable:
+            if fd is None:
+                fd = os.open(part, os.O_WRONLY)
+            os.fsync(fd)
+    except OSError as e:
+        _close(fd)
+        raise StoreError(f"cannot sync upload {upload_id}: {e.strerror}") from None
+    _close(fd)
+    try:
+        os.rename(part, final)
+    except OSError as e:
+        raise StoreError(f"cannot complete upload {upload_id}: {e.strerror}") from None
