@@ -12,11 +12,12 @@
  * Plain JavaScript, no dependencies, no build step. Speaks the 0.1 wire
  * protocol (see incoming/wire.py on the server), so it works against a 0.1
  * server too. Unlike 0.1 it reconnects by itself after a lost connection
- * (first retry within 1 s, then exponential backoff with jitter up to 30 s,
+ * (first retry within 0.25-0.5 s, then exponential backoff with jitter up to 30 s,
  * fast again after progress) and reports numeric error codes. With a server
  * that answers the "byte-window" feature it sizes the bytes in flight to the
  * link (from the round-trip times of its acks) instead of a fixed number of
- * chunks, so long links fill up.
+ * chunks, so long links fill up; with the "takeover" feature a reconnect
+ * replaces its own dead connection within about a second.
  */
 (function (root, factory) {
     "use strict";
@@ -53,7 +54,8 @@
     TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
 
-    var FEATURES = ["byte-window"];  // announced in MsgUploadReq; 0.1 servers ignore it
+    // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
+    var FEATURES = ["byte-window", "takeover"];
     var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
     var MAX_RETRY_S = 30;

@@ -17,12 +17,18 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from .ids import parse_ticket_id
-from .upload import REPLY_CANCEL, TooLate
-from .wire import ErrorCode
+from .interfaces import StoreError
+from .registry import UnknownUpload
+from .upload import TooLate
+
+_log = Logger()
 
 TRUE_WORDS = {"1", "t", "true"}
 FALSE_WORDS = {"0", "f", "false"}
@@ -34,6 +40,26 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def respond(request, body: Deferred):
+    """Render what ``body`` fires with (bytes, status and headers set): at
+    once if it has fired already, else when it does."""
+    now: list = []
+    body.addCallback(now.append)
+    if now:
+        return now[0]
+    gone: list = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def write(_):
+        if not gone:
+            request.write(now[0])
+            request.finish()
+
+    body.addCallback(write)
+    body.addErrback(lambda f: _log.failure("answering {path}", f, path=request.path))
+    return NOT_DONE_YET
 
 
 def text_response(request, status: int, text: str) -> bytes:
@@ -55,10 +81,10 @@ class BackendGuard:
 
     def check(self, request) -> None:
         if self._networks:
-            host = getattr(request.getClientAddress(), "host", None)
+            host = getattr(request.getClientAddress(), "host", "")
             try:
-                address = ipaddress.ip_address(host)
-            except (TypeError, ValueError):
+                address = ipaddress.ip_address(str(host))
+            except ValueError:
                 address = None
             if address is None or not any(address in n for n in self._networks):
                 raise ApiError(403, "this address may not call the backend API")
@@ -95,10 +121,23 @@ class BackendCall(Resource):
                 405,
                 f"method {request.method.decode('latin-1')} not allowed; use POST\n",
             )
-        try:
-            return text_response(request, 200, self.call(Params(request)))
-        except ApiError as e:
-            return text_response(request, e.status, f"{e}\n")
+        d = maybeDeferred(self.call, Params(request))
+        d.addCallback(lambda text: text_response(request, 200, text))
+        d.addErrback(self._error, request)
+        return respond(request, d)
+
+    def _error(self, failure, request) -> bytes:
+        if failure.check(TooLate):
+            failure = Failure(ApiError(412, str(failure.value)))
+        elif failure.check(UnknownUpload):
+            failure = Failure(ApiError(404, str(failure.value)))
+        elif failure.check(StoreError):
+            self._log.error("backend API: {why}", why=str(failure.value))
+            failure = Failure(ApiError(503, f"cannot store the upload: {failure.value}"))
+        if failure.check(ApiError):
+            return text_response(request, failure.value.status, f"{failure.value}\n")
+        self._log.failure("backend API call failed", failure)
+        return text_response(request, 500, "internal error; see the server's log\n")
 
     def call(self, params: Params) -> str:
         raise NotImplementedError
@@ -168,12 +207,12 @@ class NewUpload(BackendCall):
         dest_type = params.optional("destType", "file")
         if dest_type != "file":
             raise ApiError(400, f"destType {dest_type!r} is not supported (only 'file')")
-        upload = self._registry.create(
+        d = self._registry.create(
             signal_finish_url=url,
             backend_secret=params.optional("backendSecret", ""),
             remove_file_when_finished=params.boolean("removeFileWhenFinished", True),
         )
-        return upload.ticket.id
+        return d.addCallback(lambda upload: upload.ticket.id)
 
 
 class CancelUpload(BackendCall):
@@ -181,11 +220,7 @@ class CancelUpload(BackendCall):
 
     def call(self, params):
         upload = self._authorized_upload(params)
-        try:
-            upload.cancel("cancelled by the backend", ErrorCode.CANCELLED, REPLY_CANCEL)
-        except TooLate as e:
-            raise ApiError(412, str(e)) from None
-        return "ok"
+        return self._registry.request_cancel(upload.ticket.id, "cancelled by the backend")
 
 
 class FinishUpload(BackendCall):
@@ -193,11 +228,7 @@ class FinishUpload(BackendCall):
 
     def call(self, params):
         upload = self._authorized_upload(params)
-        try:
-            upload.finish()
-        except TooLate as e:
-            raise ApiError(412, str(e)) from None
-        return "ok"
+        return self._registry.request_finish(upload.ticket.id)
 
 
 def backend_api(registry, settings) -> Resource:

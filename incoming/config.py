@@ -11,6 +11,8 @@ two cannot drift apart.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from typing import Any
 
 import attr
 import yaml
@@ -33,6 +35,7 @@ class Settings:
     websocket_timeout: float = 58.0
     handover_timeout: float = 55.0
     handover_confirm_timeout: float = 600.0
+    retention: float = 3600.0
     fsync: str = "complete"
     digest: str = "sha256"
     window: int = 32 * 1024 * 1024
@@ -174,10 +177,13 @@ def parse_text(value) -> str:
 
 def parse_ca_file(value) -> str:
     """A PEM file of CA certificates; read now, so a bad one stops start-up."""
-    from .tls import load_ca_bundle
+    from .tls import CertificateError, load_ca_bundle
 
     path = parse_text(value)
-    load_ca_bundle(path)
+    try:
+        load_ca_bundle(path)
+    except CertificateError as e:
+        raise ConfigError(str(e)) from None
     return path
 
 
@@ -205,7 +211,7 @@ class Setting:
     field: str
     flag: str
     yaml_key: str | None
-    parse: object
+    parse: Callable[[Any], Any]
     help: str
 
 
@@ -278,6 +284,14 @@ SETTINGS = [
         "HandoverConfirmTimeoutS",
         parse_seconds,
         "Seconds the backend has to call finish_upload after answering wait.",
+    ),
+    Setting(
+        "retention",
+        "retention",
+        "RetentionS",
+        parse_seconds,
+        "Seconds a finished or cancelled upload is remembered, across restarts "
+        "too, so that a browser that reconnects learns how it ended.",
     ),
     Setting(
         "fsync",

@@ -22,14 +22,15 @@ import secrets
 from collections import OrderedDict
 
 import attr
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .backend_api import ApiError, Params, check_finish_url
+from .backend_api import ApiError, Params, check_finish_url, respond
 from .handover import DONE, WAIT
+from .registry import UnknownUpload
 from .static import FileCache, StaticFolder, frontend_dir, plain_text
 from .upload import TooLate
 
@@ -87,15 +88,20 @@ class DemoBackend:
 
     # ---- what the page asks for ------------------------------------------
 
-    def new_ticket(self, finish_url: str) -> str:
+    def new_ticket(self, finish_url: str) -> Deferred:
+        """Fire with a new ticket's id."""
         secret = secrets.token_urlsafe(18)
-        upload = self._registry.create(
+        d = self._registry.create(
             signal_finish_url=finish_url,
             backend_secret=secret,
             remove_file_when_finished=True,  # hashed before the server may remove it
         )
-        self._secrets[upload.ticket.id] = secret
-        return upload.ticket.id
+
+        def created(upload):
+            self._secrets[upload.ticket.id] = secret
+            return upload.ticket.id
+
+        return d.addCallback(created)
 
     def files(self) -> list[dict]:
         return [attr.asdict(record) for record in self._records.values()]
@@ -182,18 +188,18 @@ class DemoBackend:
         """finish_upload, through the registry as the backend API would."""
         if record.outcome == CANCELLED:  # the server gave up waiting meanwhile
             return
-        upload = self._registry.get(record.id)
-        try:
-            if upload is None:
-                raise TooLate("the upload is gone")
-            upload.finish()
-        except TooLate as e:
-            record.reason = f"finish_upload failed: {e}"
-            self._log.warn("demo: upload {id}: {why}", id=record.id, why=str(e))
-            return
-        self._secrets.pop(record.id, None)
-        record.outcome = WAIT_FINISHED
-        self._log.info("demo: upload {id}: finish_upload sent", id=record.id)
+
+        def sent(_):
+            self._secrets.pop(record.id, None)
+            record.outcome = WAIT_FINISHED
+            self._log.info("demo: upload {id}: finish_upload sent", id=record.id)
+
+        def refused(failure):
+            failure.trap(TooLate, UnknownUpload)
+            record.reason = f"finish_upload failed: {failure.value}"
+            self._log.warn("demo: upload {id}: {why}", id=record.id, why=str(failure.value))
+
+        return self._registry.request_finish(record.id).addCallbacks(sent, refused)
 
 
 # ---- HTTP -------------------------------------------------------------------
@@ -248,7 +254,8 @@ class TicketCall(_DemoCall):
         if not host or "/" in host or "@" in host:
             raise ApiError(400, "no usable Host header")
         url = check_finish_url(f"{scheme}://{host}/{path}")
-        return json_response(request, 200, {"id": self._backend.new_ticket(url)})
+        d = self._backend.new_ticket(url)
+        return respond(request, d.addCallback(lambda i: json_response(request, 200, {"id": i})))
 
 
 class HandoverCall(_DemoCall):

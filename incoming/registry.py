@@ -1,24 +1,30 @@
-"""The uploads this server knows, by ticket id."""
+"""
+The uploads this server runs, by ticket id: creates them, restores them
+from the stores at start, routes the backend's cancel and finish requests
+to them over the event bus, forgets them when their retention is over.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.logger import Logger
 
 from .ids import new_ticket_id, parse_ticket_id
-from .journal import RECORD_SUFFIX, Journal
+from .interfaces import CANCEL_REQUESTED, FINISH_REQUESTED, IInventory
 from .metrics import NO_METRICS
-from .storage import PART_SUFFIX
-from .upload import Services, Ticket, Upload
+from .records import UploadRecord
+from .restore import plan_restore
+from .storage_pool import run_here
+from .upload import REPLY_CANCEL, Services, TooLate, Upload
+from .wire import ErrorCode
 
 ENDED = ("finished", "cancelled", "forgotten")
 
 
-def run_here(f, *args):
-    """Run blocking work right away (tests); production passes a thread pool."""
-    return maybeDeferred(f, *args)
+class UnknownUpload(Exception):
+    """No upload with that ticket id (any more)."""
 
 
 class UploadRegistry:
@@ -26,49 +32,67 @@ class UploadRegistry:
 
     _log = Logger()
 
-    def __init__(
-        self, settings, storage, backend, clock, run_blocking=run_here, metrics=NO_METRICS
-    ):
-        # Records are synced only at --fsync chunk: a sync per state change would
-        # block the reactor, and a complete file is found again from its size.
-        journal = Journal(storage.folder, durable=settings.fsync == "chunk")
-        self._services = Services(settings, storage, journal, backend, clock, run_blocking, metrics)
+    def __init__(self, settings, stores, backend, clock, run_blocking=run_here, metrics=NO_METRICS):
+        self._stores = stores
+        self._services = Services(settings, stores, backend, clock, run_blocking, metrics)
         self._uploads: dict[str, Upload] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
         metrics.count_open_uploads(self.open_count)
+
+    @property
+    def _retention(self) -> float:
+        return self._services.settings.retention
 
     def create(
         self, signal_finish_url: str, backend_secret: str, remove_file_when_finished: bool
-    ) -> Upload:
-        ticket = Ticket(
+    ) -> Deferred:
+        """Store a new ticket's record; fire with its Upload."""
+        record = UploadRecord(
             id=new_ticket_id(),
             signal_finish_url=signal_finish_url,
             backend_secret=backend_secret,
             remove_file_when_finished=remove_file_when_finished,
+            touched_at=self._services.clock.seconds(),
         )
-        upload = Upload(ticket, self._services, self._forget)
-        upload.save()
-        self._uploads[ticket.id] = upload
-        self._services.metrics.upload_created()
-        self._log.info(
-            "upload {id}: created (handover to {url}, remove when finished: {remove})",
-            id=ticket.id,
-            url=signal_finish_url,
-            remove=remove_file_when_finished,
-        )
-        return upload
 
-    def restore(self) -> None:
-        """Take back the uploads recorded in the storage folder (at start)."""
-        journal = self._services.journal
-        for record in journal.load_all():
+        def stored(record):
+            upload = Upload.new(record, self._services, self._forget)
+            self._register(upload)
+            self._services.metrics.upload_created()
+            self._log.info(
+                "upload {id}: created (handover to {url}, remove when finished: {remove})",
+                id=record.id,
+                url=signal_finish_url,
+                remove=remove_file_when_finished,
+            )
+            return upload
+
+        return self._stores.state.create(record).addCallback(stored)
+
+    @inlineCallbacks
+    def restore(self):
+        """Take back the uploads the stores hold (at start)."""
+        state, data = self._stores.state, self._stores.data
+        now = self._services.clock.seconds()
+        for record in (yield state.all()):
             try:
-                upload = Upload.restore(record, self._services, self._forget)
-            except (KeyError, TypeError, ValueError, OSError) as e:
+                if record.ended and (record.ended_at or 0.0) + self._retention < now:
+                    yield state.delete(record.id)
+                    continue
+                held = None
+                if record.length is not None and not record.ended:
+                    held = yield data.held(record.id, record.length)
+                plan = plan_restore(record, held)
+                if plan.recreate:
+                    created = yield data.create(record.id)
+                    yield created.close()
+                upload = Upload.restore(record, plan, self._services, self._forget)
+            except Exception as e:
                 self._log.error(
-                    "upload {id}: cannot restore: {why}", id=record.get("id"), why=str(e)
+                    "upload {id}: cannot restore: {why}", id=record.id, why=str(e) or repr(e)
                 )
                 continue
-            self._uploads[upload.ticket.id] = upload
+            self._register(upload)
             self._log.info(
                 "upload {id}: restored, {state} at byte {pos} of {length}",
                 id=upload.ticket.id,
@@ -76,17 +100,20 @@ class UploadRegistry:
                 pos=upload.received,
                 length=upload.length,
             )
-        self._log_foreign_files()
+        try:
+            yield self._log_foreign_files()
+        except Exception as e:  # only a log: never a reason not to start
+            self._log.error("storage folder: cannot list it: {why}", why=str(e))
 
-    def _log_foreign_files(self) -> None:
-        ours = set()
-        for upload_id in self._uploads:
-            ours.update({upload_id, upload_id + PART_SUFFIX, upload_id + RECORD_SUFFIX})
-        for name in sorted(os.listdir(self._services.storage.folder)):
-            if name not in ours:
-                self._log.info(
-                    "storage folder: {name} belongs to no open upload; left alone", name=name
-                )
+    @inlineCallbacks
+    def _log_foreign_files(self):
+        inventory = self._stores.capability(IInventory)
+        if inventory is None:
+            return
+        for name in (yield inventory.unclaimed(self._uploads)):
+            self._log.info(
+                "storage folder: {name} belongs to no open upload; left alone", name=name
+            )
 
     def get(self, ticket_id: str) -> Upload | None:
         canonical = parse_ticket_id(ticket_id)
@@ -95,18 +122,55 @@ class UploadRegistry:
     def __iter__(self):
         return iter(list(self._uploads.values()))
 
+    def __len__(self) -> int:
+        return len(self._uploads)
+
+    # ---- requests from the backend, over the bus ----------------------------
+
+    def request_cancel(self, upload_id: str, reason: str) -> Deferred:
+        """Fire with "ok", or fail with TooLate or UnknownUpload."""
+        return self._publish(upload_id, CANCEL_REQUESTED, reason)
+
+    def request_finish(self, upload_id: str) -> Deferred:
+        return self._publish(upload_id, FINISH_REQUESTED)
+
+    def _publish(self, upload_id: str, event: str, payload=None) -> Deferred:
+        def answered(answers):
+            if not answers:
+                raise UnknownUpload(f"no upload with id {upload_id}")
+            return answers[0]
+
+        return self._stores.bus.publish(upload_id, event, payload).addCallback(answered)
+
+    def _register(self, upload: Upload) -> None:
+        self._uploads[upload.ticket.id] = upload
+
+        def on_event(event, payload):
+            if event == CANCEL_REQUESTED:
+                return upload.cancel(payload, ErrorCode.CANCELLED, REPLY_CANCEL)
+            if event == FINISH_REQUESTED:
+                return upload.finish()
+            raise ValueError(f"unknown event {event!r}")
+
+        self._unsubscribe[upload.ticket.id] = self._stores.bus.subscribe(upload.ticket.id, on_event)
+
+    def _forget(self, upload: Upload) -> None:
+        self._uploads.pop(upload.ticket.id, None)
+        unsubscribe = self._unsubscribe.pop(upload.ticket.id, None)
+        if unsubscribe is not None:
+            unsubscribe()
+
+    # ---- for the server ---------------------------------------------------
+
     def close_connections(self, clock, timeout: float = 3.0) -> Deferred:
-        """Close every browser connection with "going away" (at shutdown);
-        fire when they are closed, or after ``timeout`` seconds."""
-        closing = [upload.channel.going_away() for upload in self if upload.channel is not None]
+        """Close every browser connection with "going away" (at shutdown) and
+        let queued storage work run; fire when done, or after ``timeout`` s."""
+        closing = [upload.going_away() for upload in self]
         return DeferredList(closing).addTimeout(timeout, clock).addErrback(lambda f: None)
 
     def open_count(self) -> int:
         """Uploads that have not ended yet."""
         return sum(1 for u in self._uploads.values() if u.state not in ENDED)
 
-    def __len__(self) -> int:
-        return len(self._uploads)
 
-    def _forget(self, upload: Upload) -> None:
-        self._uploads.pop(upload.ticket.id, None)
+__all__ = ["UploadRegistry", "UnknownUpload", "TooLate"]

@@ -11,11 +11,14 @@ import os
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import __version__
 from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
+from .storage_pool import StoragePool
 
 DEFAULTS = Settings()
 
@@ -129,19 +132,12 @@ class Options(usage.Options):
             raise usage.UsageError(f"--storage-dir (StorageDir) {folder!r} is not writable")
 
 
-def in_thread_pool(reactor):
-    """Run blocking file work (fsync, hashing) in the reactor's thread pool."""
-    from twisted.internet.threads import deferToThreadPool
-
-    def run_blocking(f, *args):
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    return run_blocking
-
-
-def makeService(config) -> MultiService:
+def makeService(config, reactor=None) -> MultiService:
+    """The server's service tree: the upload server (storage pool, restore,
+    then listen) and --metrics-port if set."""
+    if reactor is None:
+        from twisted.internet import reactor
     from treq.client import HTTPClient
-    from twisted.internet import reactor
     from twisted.web.client import Agent, HTTPConnectionPool
 
     from .metrics import Metrics
@@ -150,6 +146,7 @@ def makeService(config) -> MultiService:
 
     settings = config.settings
     metrics = Metrics()  # this server's own CollectorRegistry
+    pool = StoragePool(reactor)
     # A new connection per handover: a pooled one the backend closed meanwhile
     # would fail the POST (POSTs are not retried) and cancel the upload.
     http = HTTPClient(
@@ -160,33 +157,80 @@ def makeService(config) -> MultiService:
         )
     )
     site, registry = make_site(
-        settings,
-        reactor,
-        http,
-        demo=bool(config["demo"]),
-        run_blocking=in_thread_pool(reactor),
-        metrics=metrics,
+        settings, reactor, http, demo=bool(config["demo"]), run_blocking=pool.run, metrics=metrics
     )
     service = MultiService()
-    StreamServerEndpointService(serverFromString(reactor, settings.listen), site).setServiceParent(
-        service
-    )
+    endpoint = serverFromString(reactor, settings.listen)
+    UploadServer(registry, reactor, endpoint, site, pool).setServiceParent(service)
     if settings.metrics_listen:
         StreamServerEndpointService(
             serverFromString(reactor, settings.metrics_listen), metrics_site(settings, metrics)
         ).setServiceParent(service)
-    GracefulStop(registry, reactor).setServiceParent(service)  # stops first
     return service
 
 
-class GracefulStop(Service):
-    """At shutdown, tell connected browsers "going away" (close code 1001)
-    before the reactor stops; their uploads are saved and resume later."""
+class UploadServer(Service):
+    """The main port, accepting only once the uploads are restored.
 
-    def __init__(self, registry, clock):
+    The port is bound in ``privilegedStartService`` (before twistd drops
+    privileges, so a port below 1024 works) but accepts no connection until
+    the storage pool has started and the stores are restored: a browser that
+    reconnects at once after a restart finds its upload.  At shutdown:
+    connected browsers are told "going away" (close code 1001), their last
+    storage work runs, the port closes, then the pool stops.
+    """
+
+    _log = Logger()
+
+    def __init__(self, registry, reactor, endpoint, site, pool):
         self._registry = registry
-        self._clock = clock
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._site = site
+        self._pool = pool
+        self._port: Deferred | None = None  # fires once bound (and held)
+        self._bound = None  # the listening port
+        self.restored: Deferred | None = None  # fires once connections are accepted
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self._port = self._endpoint.listen(self._site)
+        self._port.addCallback(self._hold)
+        self._port.addErrback(self._cannot_start, "cannot listen")
+
+    def _hold(self, port):
+        port.stopReading()  # bound; connections wait in the backlog
+        self._bound = port
+
+    def startService(self):
+        if self._port is None:  # not started by twistd (tests)
+            self.privilegedStartService()
+        super().startService()
+        self._pool.startService()
+        self.restored = self._registry.restore()
+        self.restored.addCallback(lambda _: self._port)  # bound by now, or failed
+        self.restored.addCallback(self._accept)
+        self.restored.addErrback(self._cannot_start, "cannot restore the uploads")
+
+    def _accept(self, _=None):
+        if self.running and self._bound is not None:  # not stopped while restoring
+            self._bound.startReading()
+            self._log.info(
+                "{count} uploads restored; accepting connections on {address}",
+                count=len(self._registry),
+                address=self._bound.getHost(),
+            )
+
+    def _cannot_start(self, failure, what: str):
+        self._log.failure("{what}; stopping", failure, what=what)
+        if self._reactor.running:
+            self._reactor.stop()
 
     def stopService(self):
         super().stopService()
-        return self._registry.close_connections(self._clock)
+        d = self._registry.close_connections(self._reactor)
+        bound, self._bound = self._bound, None
+        if bound is not None:
+            d.addCallback(lambda _: bound.stopListening())
+        d.addErrback(lambda f: self._log.failure("stopping the port", f))
+        return d.addCallback(lambda _: self._pool.stopService())

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import re
 
-from .config import ConfigError
+
+class CertificateError(ValueError):
+    """A CA bundle cannot be read; the text names the file and why."""
+
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
@@ -27,15 +30,17 @@ def load_ca_bundle(path: str) -> list:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read {path!r}: {e.strerror}") from None
+        raise CertificateError(f"cannot read {path!r}: {e.strerror}") from None
     certificates = []
     for block in _PEM_CERTIFICATE.findall(data):
         try:
             certificates.append(Certificate.loadPEM(block))
         except Exception as e:
-            raise ConfigError(f"{path!r} holds a certificate that cannot be read: {e}") from None
+            raise CertificateError(
+                f"{path!r} holds a certificate that cannot be read: {e}"
+            ) from None
     if not certificates:
-        raise ConfigError(f"{path!r} holds no PEM certificate")
+        raise CertificateError(f"{path!r} holds no PEM certificate")
     return certificates
 
 

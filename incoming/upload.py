@@ -6,42 +6,42 @@ The life of one upload, as a state machine (Automat).
                                     handing_over --wait--> waiting_for_finish
                                     waiting_for_finish --finish_upload--> finished
     created/paused/uploading --cancel, idle timeout, bad chunk--> cancelled
+    any open state --a store failed--> cancelled
     handing_over/waiting_for_finish --handover failed or timed out--> cancelled
-    finished/cancelled --after RETENTION seconds--> forgotten (cleaned up)
+    finished/cancelled --after the retention time--> forgotten
 
-A finished or cancelled upload is remembered for a while so that a browser
-that reconnects learns how it ended instead of "unknown upload".
+A finished or cancelled upload stays in the state store as a tombstone for
+the retention time, so a browser that reconnects, even after a crash,
+learns how it ended instead of "unknown upload".
 
 The public methods (`connect`, `receive`, `pause`, `cancel`, `finish`, ...)
-check the data they are given and feed inputs to the machine; the machine's
-outputs talk to the browser's channel, the storage folder and the backend.
-Time comes from the injected clock, HTTP from the injected backend client.
+check what they are given and feed inputs.  Outputs are thin calls into
+the stores (`incoming.interfaces`), each returning a Deferred; a store's
+result comes back as an input (`_store_failed` for any failure), so a
+failing store never leaves half a transition.  Time comes from the
+injected clock, HTTP from the injected backend client.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
 import attr
 from automat import MethodicalMachine
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from .handover import DONE, HandoverFailed
+from .hashing import StreamDigest, digest_of
+from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
-from .storage import StorageError, remove_quietly, sha256_of_file
+from .outcome import DONE, FAILED, hand_over
+from .records import LIVENESS_BYTES, LIVENESS_SECONDS, UploadRecord
+from .storage_pool import SerialQueue
 from .wire import ErrorCode
 
-# Chunks waiting to be hashed before reading from the browser pauses.
-MAX_HASH_BACKLOG = 16
-# Chunks up to this size are hashed on the reactor thread (tens of µs).
-INLINE_HASH_BYTES = 64 * 1024
-
-# How long a finished or cancelled upload is remembered, in seconds.
-RETENTION = 3600.0
+# Chunks written or hashed but not finished before reading from the browser pauses.
+MAX_BACKLOG = 16
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -59,12 +59,11 @@ class Services:
     """What every upload needs from the server, shared by all uploads."""
 
     settings: Any
-    storage: Any  # incoming.storage.Storage
-    journal: Any  # incoming.journal.Journal
+    stores: Any  # incoming.interfaces.StoreComposer
     backend: Any  # incoming.handover.BackendClient
     clock: Any  # IReactorTime: the reactor, or a Clock in tests
-    run_blocking: Callable  # (f, *args) -> Deferred; a thread pool in production
-    metrics: Any = NO_METRICS  # incoming.metrics.Metrics
+    run_blocking: Any  # (f, *args) -> Deferred: the storage pool
+    metrics: Any = NO_METRICS
 
 
 class TooLate(Exception):
@@ -83,84 +82,72 @@ class Upload:
     _machine = MethodicalMachine()
     _log = Logger()
 
-    def __init__(self, ticket: Ticket, services: Services, forget, idle_left=None):
-        self.ticket = ticket
+    def __init__(self, record: UploadRecord, services: Services, forget):
+        self._stored = record  # as the state store last confirmed it
+        self.ticket = Ticket(
+            record.id,
+            record.signal_finish_url,
+            record.backend_secret,
+            record.remove_file_when_finished,
+        )
         self._settings = services.settings
-        self._storage = services.storage
-        self._journal = services.journal
+        self._stores = services.stores
         self._backend = services.backend
         self._clock = services.clock
         self._run_blocking = services.run_blocking
         self._metrics = services.metrics
         self._forget_me = forget
-        self.length: int | None = None
-        self.browser_name = ""
-        self.received = 0  # bytes stored in the file
-        self.sha256: str | None = None  # hex digest, once the file is complete
-        self._digest = None  # sha256 of the bytes stored so far, if known
-        self._hashing = succeed(None)  # digest updates queued for a worker thread
-        self._hash_backlog = 0  # chunks queued there
-        self._throttled = None  # the channel paused until hashing catches up
-        self._file = None
-        self._channel = None
-        self.cancel_reason: str | None = None
-        self._touched_at = self._clock.seconds()
-        self._waiting_since: float | None = None
-        if idle_left is None:
-            idle_left = self._settings.idle_timeout
-        self._idle_timer = self._clock.callLater(idle_left, self._idle_expired)
-        self._confirm_timer = None
-        self._path: str | None = None
+        self.length: int | None = record.length
+        self.browser_name = record.browser_name
+        self.received = 0  # bytes the data store holds
+        self._accepted = 0  # bytes taken from the browser (written or being written)
+        self.sha256: str | None = record.sha256
+        self.cancel_reason: str | None = record.cancel_reason
+        self._location: str | None = None
+        self._hasher: StreamDigest | None = None
+        self._data: Any = None  # IUploadData while open
+        self._io = SerialQueue()  # this upload's data operations, in order
+        self._saves = SerialQueue()  # this upload's record writes, in order
+        self._channel: Any = None
+        self._connecting: dict[Any, list] = {}  # channels on their way to be bound
+        self._lock: Any = None
+        self._throttled: Any = None
+        self._touched_at = record.touched_at
+        self._persisted_touch = self._touched_at
+        self._unpersisted_bytes = 0
+        self._waiting_since = record.waiting_since
+        self._ended_at = record.ended_at
+        self._idle_timer: Any = None
+        self._confirm_timer: Any = None
+        self._forget_timer: Any = None
 
     @classmethod
-    def restore(cls, record: dict, services: Services, forget) -> Upload:
-        """Rebuild an upload from its journal record and the bytes on disk.
-
-        An upload that was uploading or paused resumes from the bytes in its
-        .part file; a complete one is handed over (again); one waiting for
-        finish_upload keeps waiting.  Timers continue from the recorded times.
-        """
-        ticket = Ticket(
-            id=record["id"],
-            signal_finish_url=record["signal_finish_url"],
-            backend_secret=record["backend_secret"],
-            remove_file_when_finished=record["remove_file_when_finished"],
-        )
+    def restore(cls, record: UploadRecord, plan, services: Services, forget) -> Upload:
+        """Rebuild an upload from its record and a `restore.RestorePlan`;
+        timers continue from the recorded times."""
+        upload = cls(record, services, forget)
+        upload.received = upload._accepted = plan.received
+        upload._restore_state(plan.state)
         now = services.clock.seconds()
-        touched_at = min(record["touched_at"], now)
-        idle_left = max(0.0, services.settings.idle_timeout - (now - touched_at))
-        upload = cls(ticket, services, forget, idle_left=idle_left)
-        upload._touched_at = touched_at
-        upload.length = record["length"]
-        upload.browser_name = record["browser_name"]
-        state = record["state"]
-        if upload.length is None:
-            upload._restore_state("created")
-            return upload
-        stored = services.storage.stored_size(ticket.id, upload.length)
-        if state == "waiting_for_finish":
-            upload.received = upload.length
-            upload._path = services.storage.final_path(ticket.id)
-            upload.sha256 = record.get("sha256")
-            upload._restore_state("waiting_for_finish")
-            upload._stop_idle()
-            waited = now - min(record["waiting_since"], now)
+        if plan.state in ("finished", "cancelled"):
+            ended = min(now if record.ended_at is None else record.ended_at, now)
+            upload._arm_forget(max(0.0, upload._retention - (now - ended)))
+        elif plan.state == "waiting_for_finish":
+            since = now if record.waiting_since is None else record.waiting_since
+            waited = now - min(since, now)
             upload._waiting_since = now - waited
-            upload._arm_confirm_timer(max(0.0, services.settings.handover_confirm_timeout - waited))
-        elif state == "handing_over" or stored == upload.length:
-            # Handed over again; if the backend already took the file away
-            # (then the record has its sha256), the same path and sha256 again.
-            upload.received = upload.length
-            upload.sha256 = record.get("sha256")
-            upload._restore_state("handing_over")
-            upload._stop_idle()
+            upload._arm_confirm(max(0.0, services.settings.handover_confirm_timeout - waited))
+        elif plan.state == "handing_over":
             services.clock.callLater(0, upload._resume_handover)
         else:
-            if stored is None:  # nothing on disk: resume from 0
-                services.storage.create(ticket.id).close()
-                stored = 0
-            upload.received = stored
-            upload._restore_state("paused")
+            idle = services.settings.idle_timeout - (now - min(upload._touched_at, now))
+            upload._arm_idle(max(0.0, idle))
+        return upload
+
+    @classmethod
+    def new(cls, record: UploadRecord, services: Services, forget) -> Upload:
+        upload = cls(record, services, forget)
+        upload._arm_idle(services.settings.idle_timeout)
         return upload
 
     @property
@@ -173,10 +160,16 @@ class Upload:
         """Name of the machine's current state, for logs, status and tests."""
         return self._state_name()
 
+    @property
+    def _retention(self) -> float:
+        return self._settings.retention
+
     # ---- public API -------------------------------------------------------
 
-    def connect(self, channel, length: int, name: str) -> None:
-        """A browser's MsgUploadReq for this ticket."""
+    def connect(self, channel, length: int, name: str, takeover: bool = False) -> None:
+        """A browser's MsgUploadReq for this ticket.  With ``takeover`` (a
+        client that announced the feature), a bound connection that no longer
+        answers is let go at once instead of after its ping timeout."""
         limit = self._settings.max_file_size
         if self.length is None and limit and length > limit and self.state == "created":
             reason = f"file of {length} bytes is larger than the limit of {limit} bytes"
@@ -192,25 +185,28 @@ class Upload:
                 "announced when this upload started",
             )
             return
-        if self.state in ("created", "paused") and not self._space_for_the_rest(channel):
-            return
-        try:
+        if self.state not in ("created", "paused", "uploading"):
             self._connect(channel)
-        except StorageError as e:
-            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
-            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR, STORAGE)
             return
-        self._complete_if_all_stored()
+        busy = self.state == "uploading"  # no space check: the lock decides
+        self._connecting[channel] = []  # chunks it sends before it is bound
+        d = succeed(True) if busy else self._space_for_the_rest(channel)
+        d.addCallback(lambda room: room and self._take_lock(channel, takeover))
+        d.addErrback(lambda f: self._log.failure("upload {id}: connect", f, id=self.ticket.id))
+        d.addBoth(lambda _: self._connecting.pop(channel, None))
 
-    def _space_for_the_rest(self, channel) -> bool:
-        """Refuse (without cancelling) when the rest of the file cannot fit."""
-        missing = self.length - self.received
+    def _space_for_the_rest(self, channel) -> Deferred:
+        """Fire with False (and refuse, without cancelling) when the rest of
+        the file cannot fit; True otherwise."""
+        store = self._stores.capability(IFreeSpace)
+        missing = (self.length or 0) - self.received
+        if store is None or not missing:
+            return succeed(True)
         needed = missing + self._settings.storage_reserve
-        try:
-            free = self._storage.free_bytes()
-        except OSError:
-            return True  # the open or write that follows will report it
-        if missing and free < needed:
+
+        def check(free):
+            if free >= needed:
+                return True
             self._log.warn(
                 "upload {id}: refused, {needed} bytes needed, {free} free",
                 id=self.ticket.id,
@@ -223,33 +219,72 @@ class Upload:
                 f"{missing} bytes; try again later",
             )
             return False
-        return True
+
+        # A store that cannot tell: the write that follows will report it.
+        return maybeDeferred(store.free_bytes).addCallbacks(check, lambda _: True)
+
+    def _take_lock(self, channel, takeover: bool) -> Deferred:
+        def locked(lock):
+            if channel not in self._connecting or not getattr(channel, "still_open", True):
+                return lock.release()  # gone while we waited
+            self._lock = lock
+            self._connect(channel)
+            for data in self._connecting.pop(channel, ()):
+                self.receive(channel, data)
+
+        def held(failure):
+            failure.trap(LockHeld)
+            self._refuse_busy_channel(channel)
+
+        d = self._stores.locker.acquire(
+            self.ticket.id, self._release_requested, ask_holder=takeover
+        )
+        return d.addCallbacks(locked, held)
+
+    def _release_requested(self) -> Deferred:
+        """Another connection wants this upload: let go if ours is dead."""
+        channel = self._channel
+        if channel is None or not hasattr(channel, "probe"):
+            return succeed(channel is None)
+
+        def answered(alive):
+            if alive or channel is not self._channel:
+                return channel is not self._channel
+            self._log.info("upload {id}: bound connection is dead; let go", id=self.ticket.id)
+            channel.drop()
+            self.disconnect(channel)
+            return True
+
+        return channel.probe().addCallback(answered)
 
     def disconnect(self, channel) -> None:
         """The channel closed, for whatever reason."""
+        self._connecting.pop(channel, None)
         if channel is self._channel:
             self._disconnect()
 
     def receive(self, channel, data) -> None:
         """A binary frame: one chunk of the file."""
+        early = self._connecting.get(channel)
+        if early is not None:  # sent before MsgUploadConf: kept until it is bound
+            if len(early) >= MAX_BACKLOG:
+                self._connecting.pop(channel, None)
+                channel.fail(ErrorCode.PROTOCOL, "too much file data before MsgUploadConf")
+                return
+            early.append(data)
+            return
         if channel is not self._channel:
             return
         if len(data) > self._settings.chunk_size:  # the WebSocket layer stops these first
             self.frame_too_large(channel, len(data))
             return
-        if self.received + len(data) > self.length:
+        if self.state == "uploading" and self._accepted + len(data) > (self.length or 0):
             self._bad_chunk(
-                f"chunk of {len(data)} bytes at {self.received} goes past the "
+                f"chunk of {len(data)} bytes at {self._accepted} goes past the "
                 f"file size of {self.length} bytes"
             )
             return
-        try:
-            self._chunk(data)
-        except StorageError as e:
-            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(e))
-            self._cancel(str(e), ErrorCode.SERVER_ERROR, REPLY_ERROR, STORAGE)
-            return
-        self._complete_if_all_stored()
+        self._chunk(data)
 
     def frame_too_large(self, channel, size: int) -> None:
         """The WebSocket layer refused a frame above the chunk size."""
@@ -273,34 +308,27 @@ class Upload:
         except TooLate as e:
             channel.fail(ErrorCode.TOO_LATE, str(e))
 
-    def cancel(
-        self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL, kind=BACKEND
-    ) -> None:
+    def cancel(self, reason: str, code=ErrorCode.CANCELLED, reply=REPLY_CANCEL, kind=BACKEND):
         """Cancel unless the handover has begun (then raise TooLate)."""
         if self.state in ("handing_over", "waiting_for_finish"):
             raise TooLate("too late to cancel: the file is being handed over")
         if self.state == "finished":
             raise TooLate("too late to cancel: the upload is finished")
         self._cancel(reason, code, reply, kind)
+        return "ok"
 
-    def finish(self) -> None:
+    def finish(self):
         """finish_upload from the backend, after it answered wait."""
         if self.state != "waiting_for_finish":
             raise TooLate(f"nothing waits for finish_upload: the upload is {self.state}")
         self._finish()
+        return "ok"
 
-    def _complete_if_all_stored(self) -> None:
-        if self.state == "uploading" and self.received == self.length:
-            self._complete()
-
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        self._cancel(
-            f"upload idle for more than {self._settings.idle_timeout:g} s",
-            ErrorCode.CANCELLED,
-            REPLY_ERROR,
-            IDLE,
-        )
+    def going_away(self) -> Deferred:
+        """At shutdown: close the browser connection with "going away", and
+        fire once the data operations already asked for have run."""
+        closing = self._channel.going_away() if self._channel is not None else succeed(None)
+        return gatherResults([closing, self._io.run(lambda: None)])
 
     # ---- states -----------------------------------------------------------
 
@@ -318,7 +346,7 @@ class Upload:
 
     @_machine.state(serialized="handing_over")
     def handing_over(self):
-        "The file is complete; the handover POST is running."
+        "The file is complete; it is being sealed and handed over."
 
     @_machine.state(serialized="waiting_for_finish")
     def waiting_for_finish(self):
@@ -348,7 +376,11 @@ class Upload:
 
     @_machine.input()
     def _connect(self, channel):
-        "A browser connection asks for this upload."
+        "A browser connection asks for this upload (and holds its lock)."
+
+    @_machine.input()
+    def _opened(self):
+        "The data store opened the upload's data (and its record is stored)."
 
     @_machine.input()
     def _disconnect(self):
@@ -360,7 +392,7 @@ class Upload:
 
     @_machine.input()
     def _chunk(self, data):
-        "A valid chunk arrived."
+        "A chunk arrived."
 
     @_machine.input()
     def _bad_chunk(self, reason, kind=PROTOCOL):
@@ -371,12 +403,12 @@ class Upload:
         "Every byte is stored."
 
     @_machine.input()
-    def _storage_failed_at_end(self, reason, kind=STORAGE):
-        "The complete file could not be synced, renamed or read."
-
-    @_machine.input()
     def _resume_handover(self):
         "After a restart: hand the complete file over (again)."
+
+    @_machine.input()
+    def _store_failed(self, reason, kind=STORAGE):
+        "A data or state store call failed."
 
     @_machine.input()
     def _cancel(self, reason, code, reply, kind):
@@ -402,30 +434,121 @@ class Upload:
     def _forget(self):
         "Retention is over."
 
-    # ---- outputs ----------------------------------------------------------
+    # ---- helpers of the outputs -----------------------------------------------
 
-    @_machine.output()
-    def _create_file(self):
-        self._file = self._storage.create(self.ticket.id)
-        if self._settings.digest == "sha256":
-            self._digest = hashlib.sha256()
+    def _failed(self, failure) -> None:
+        """Any store failure: log it and feed it to the machine."""
+        self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
+        self._store_failed(str(failure.value))
 
-    @_machine.output()
-    def _reopen_file(self):
-        self._file = self._storage.reopen(self.ticket.id)
-        if self._file.size != self.received:  # changed behind our back
-            self._digest = None
-        self.received = self._file.size  # what is on disk, not a counter
+    def _logged(self, what: str):
+        def log(failure):
+            self._log.error(
+                "upload {id}: {what}: {why}", id=self.ticket.id, what=what, why=str(failure.value)
+            )
 
-    @_machine.output()
-    def _close_file(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        return log
+
+    def _snapshot(self) -> UploadRecord:
+        return attr.evolve(
+            self._stored,
+            state=self.state,
+            length=self.length,
+            browser_name=self.browser_name,
+            touched_at=self._touched_at,
+            waiting_since=self._waiting_since,
+            sha256=self.sha256,
+            cancel_reason=self.cancel_reason,
+            ended_at=self._ended_at,
+        )
+
+    def _persist(self) -> Deferred:
+        """Queue a write of the record as it is when the write runs; fire
+        when it is stored (unchanged records are not written again)."""
+
+        def write():
+            record = self._snapshot()
+            if record == self._stored:
+                return succeed(record)
+            self._persisted_touch = record.touched_at
+            self._unpersisted_bytes = 0
+            d = self._stores.state.update(record, self._stored.version)
+            return d.addCallback(stored)
+
+        def stored(record):
+            self._stored = record
+            return record
+
+        return self._saves.run(write)
+
+    def _arm_idle(self, delay: float) -> None:
+        self._idle_timer = self._clock.callLater(delay, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        self._cancel(
+            f"upload idle for more than {self._settings.idle_timeout:g} s",
+            ErrorCode.CANCELLED,
+            REPLY_ERROR,
+            IDLE,
+        )
+
+    def _stop_idle(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _arm_confirm(self, delay: float) -> None:
+        self._confirm_timer = self._clock.callLater(
+            delay,
+            lambda: self._handover_failed(
+                "backend did not call finish_upload within "
+                f"{self._settings.handover_confirm_timeout:g} s"
+            ),
+        )
+
+    def _arm_forget(self, delay: float) -> None:
+        self._forget_timer = self._clock.callLater(delay, self._forget)
+
+    def _send_to(self, channel, method: str, *args) -> None:
+        if channel is not None:
+            getattr(channel, method)(*args)
+
+    def _refuse_busy_channel(self, channel) -> None:
+        self._log.info("upload {id}: refused a second connection", id=self.ticket.id)
+        channel.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _notify_browser(self, reason, code, reply) -> None:
+        channel, self._channel = self._channel, None
+        self._release_lock()
+        if channel is None:
+            return
+        if reply == REPLY_CANCEL_ACK:
+            channel.cancel_acked()
+        elif reply == REPLY_CANCEL:
+            channel.cancelled(reason, code)
+        else:
+            channel.fail(code, reason)
+
+    def _throttle(self) -> None:
+        """Backpressure: a bound that always holds, whatever the order of events."""
+        backlog = self._io.pending + (self._hasher.backlog if self._hasher else 0)
+        if backlog >= MAX_BACKLOG and self._throttled is None and self._channel is not None:
+            self._throttled = self._channel
+            self._throttled.pause_reading()
+        elif backlog < MAX_BACKLOG // 2 and self._throttled is not None:
+            self._throttled, throttled = None, self._throttled
+            throttled.resume_reading()
+
+    # ---- outputs: the browser ---------------------------------------------
 
     @_machine.output()
     def _bind(self, channel):
-        # Before the file is opened, so that a storage error reaches the browser.
         self._channel = channel
 
     @_machine.output()
@@ -439,22 +562,26 @@ class Upload:
         )
 
     @_machine.output()
-    def _send_conf(self, channel):
-        channel.send_conf(self._settings.chunk_size_kb, self.received, self._settings.send_ahead)
+    def _send_conf(self):
+        if self._channel is not None:
+            self._channel.send_conf(
+                self._settings.chunk_size_kb, self.received, self._settings.send_ahead
+            )
+        if self.received == self.length:
+            self._complete()
 
     @_machine.output()
     def _bind_waiter(self, channel):
         """A browser reconnects while the handover runs: let it wait."""
         if self._channel is not None:
-            channel.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+            self._refuse_busy_channel(channel)
             return
         self._channel = channel
         channel.send_conf(self._settings.chunk_size_kb, self.length, self._settings.send_ahead)
 
     @_machine.output()
     def _refuse_busy(self, channel):
-        self._log.info("upload {id}: refused a second connection", id=self.ticket.id)
-        channel.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+        self._refuse_busy_channel(channel)
 
     @_machine.output()
     def _refuse_cancelled(self, channel):
@@ -468,6 +595,9 @@ class Upload:
     @_machine.output()
     def _unbind(self):
         self._channel = None
+        self._release_lock()
+        if self._throttled is not None:
+            self._throttled = None
 
     @_machine.output()
     def _log_paused(self):
@@ -488,7 +618,34 @@ class Upload:
         )
 
     @_machine.output()
+    def _refuse_stray_chunk(self):
+        self._notify_browser(
+            "file data after the file was complete", ErrorCode.PROTOCOL, REPLY_ERROR
+        )
+
+    @_machine.output()
+    def _tell_browser(self, reason, code, reply):
+        self._notify_browser(reason, code, reply)
+
+    @_machine.output()
+    def _tell_browser_handover_failed(self, reason):
+        self._notify_browser(reason, ErrorCode.HANDOVER_FAILED, REPLY_ERROR)
+
+    @_machine.output()
+    def _tell_browser_protocol_error(self, reason):
+        self._notify_browser(reason, ErrorCode.PROTOCOL, REPLY_ERROR)
+
+    @_machine.output()
+    def _tell_browser_server_error(self, reason):
+        self._notify_browser(reason, ErrorCode.SERVER_ERROR, REPLY_ERROR)
+
+    # ---- outputs: time ----------------------------------------------------
+
+    @_machine.output()
     def _touch(self):
+        self._touch_now()
+
+    def _touch_now(self) -> None:
         self._touched_at = self._clock.seconds()
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.reset(self._settings.idle_timeout)
@@ -497,166 +654,11 @@ class Upload:
     def _stop_idle_timer(self):
         self._stop_idle()
 
-    def _stop_idle(self):
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
-
-    @_machine.output()
-    def _save_record(self):
-        self.save()
-
-    def save(self) -> None:
-        """Write this upload's journal record (atomically)."""
-        self._journal.save(
-            self.ticket.id,
-            {
-                "id": self.ticket.id,
-                "signal_finish_url": self.ticket.signal_finish_url,
-                "backend_secret": self.ticket.backend_secret,
-                "remove_file_when_finished": self.ticket.remove_file_when_finished,
-                "length": self.length,
-                "browser_name": self.browser_name,
-                "state": self.state,
-                "touched_at": self._touched_at,
-                "waiting_since": self._waiting_since,
-                "sha256": self.sha256,
-            },
-        )
-
-    @_machine.output()
-    def _drop_record(self):
-        self._journal.delete(self.ticket.id)
-
-    @_machine.output()
-    def _store_chunk(self, data):
-        started = perf_counter()  # a duration of blocking I/O, not reactor time
-        self._file.append(data)
-        if self._settings.fsync == "chunk":
-            self._file.sync()  # acknowledged means durable
-        self._metrics.chunk_stored(len(data), perf_counter() - started)
-        self.received += len(data)
-        if self._digest is not None:
-            self._hash_later(self._digest, data)
-        self._channel.send_chunk_ack(len(data))
-
-    @_machine.output()
-    def _refuse_stray_chunk(self):
-        self._notify_browser(
-            "file data after the file was complete", ErrorCode.PROTOCOL, REPLY_ERROR
-        )
-
-    def _hash_later(self, digest, data):
-        """Hash a chunk in a worker thread (hashlib releases the GIL, so it
-        runs beside the reactor on another core), chunks of one upload in
-        order.  The chunk is already written and acknowledged; if hashing
-        falls behind, reading from the browser pauses until it catches up."""
-        if len(data) <= INLINE_HASH_BYTES and self._hash_backlog == 0:
-            digest.update(data)  # cheaper than a trip to a thread
-            return
-        self._hash_backlog += 1
-        if self._hash_backlog == MAX_HASH_BACKLOG and self._channel is not None:
-            self._throttled = self._channel
-            self._throttled.pause_reading()
-        self._hashing.addCallback(lambda _: self._run_blocking(digest.update, data))
-        self._hashing.addCallback(self._hashed_one)
-
-    def _hashed_one(self, _):
-        self._hash_backlog -= 1
-        if self._hash_backlog < MAX_HASH_BACKLOG // 2 and self._throttled is not None:
-            self._throttled, throttled = None, self._throttled
-            throttled.resume_reading()
-
-    @_machine.output()
-    def _seal_and_hand_over(self):
-        # Last output of its transition: results may arrive synchronously.
-        file, self._file = self._file, None
-        digest = self._digest
-        # Syncing a file or hashing one from disk takes long: a worker thread;
-        # a rename alone does not.
-        slow = self._settings.fsync != "none" or (
-            digest is None and self._settings.digest != "none"
-        )
-        run = self._run_blocking if slow else maybeDeferred
-        d = self._hashing.addCallback(lambda _: run(self._seal, file, digest))
-        d.addCallbacks(self._hand_over, self._seal_failed)
-        d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
-
-    def _seal(self, file, digest):
-        """In a worker thread: make the file durable, give it its final name
-        and compute its sha256 if the stream did not (e.g. after a restart)."""
-        sync = self._settings.fsync != "none"
-        if file is not None:
-            path = file.complete(sync=sync)
-        elif (
-            self.sha256 is not None
-            and self._storage.stored_size(self.ticket.id, self.length) is None
-        ):
-            # sealed and offered before a restart, then moved away by the backend
-            return self._storage.final_path(self.ticket.id), self.sha256
-        else:
-            path = self._storage.complete_existing(self.ticket.id, sync=sync)
-        if self._settings.digest != "sha256":
-            return path, None
-        sha256 = digest.hexdigest() if digest is not None else sha256_of_file(path)
-        return path, sha256
-
-    def _seal_failed(self, failure):
-        if failure.check(StorageError, OSError):
-            self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
-        else:
-            self._log.failure("upload {id}: completing the file", failure, id=self.ticket.id)
-        self._storage_failed_at_end(f"cannot complete the file: {failure.value}")
-
-    def _hand_over(self, sealed):
-        self._path, self.sha256 = sealed
-        self.save()  # with the sha256: a restart can offer the file again as it was
-        self._log.info(
-            "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
-            id=self.ticket.id,
-            length=self.length,
-            path=self._path,
-            sha256=self.sha256,
-        )
-        started = self._clock.seconds()
-        d = self._backend.hand_over(self.ticket, self._path, self.browser_name, self.sha256)
-
-        def timed(result):
-            self._metrics.handover_ended(self._clock.seconds() - started)
-            return result
-
-        def answered(answer):
-            if answer == DONE:
-                self._handover_done()
-            else:
-                self._handover_wait()
-
-        def failed(failure):
-            if failure.check(HandoverFailed):
-                reason = str(failure.value)
-            else:
-                self._log.failure("upload {id}: handover crashed", failure, id=self.ticket.id)
-                reason = "internal error during the handover"
-            self._handover_failed(reason)
-
-        d.addBoth(timed)
-        d.addCallbacks(answered, failed)
-        d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
-
     @_machine.output()
     def _start_confirm_timer(self):
         self._log.info("upload {id}: backend answered wait", id=self.ticket.id)
         self._waiting_since = self._clock.seconds()
-        self._arm_confirm_timer(self._settings.handover_confirm_timeout)
-
-    def _arm_confirm_timer(self, delay):
-        self._confirm_timer = self._clock.callLater(
-            delay,
-            lambda: self._handover_failed(
-                "backend did not call finish_upload within "
-                f"{self._settings.handover_confirm_timeout:g} s"
-            ),
-        )
+        self._arm_confirm(self._settings.handover_confirm_timeout)
 
     @_machine.output()
     def _stop_confirm_timer(self):
@@ -665,17 +667,180 @@ class Upload:
         self._confirm_timer = None
 
     @_machine.output()
-    def _announce_done(self):
+    def _schedule_forget(self):
+        self._arm_forget(self._retention)
+
+    # ---- outputs: the stores ----------------------------------------------
+
+    @_machine.output()
+    def _save_record(self):
+        self._persist().addErrback(self._failed)
+
+    @_machine.output()
+    def _open_data(self):
+        """Store the record (with the file's size), open the data, then conf."""
+        create = self.state == "uploading" and self._stored.length is None
+        accepted_before = self._accepted
+
+        def opened(data):
+            if self.state != "uploading" or self._channel is None:  # the browser left
+                self._io.run(data.close).addErrback(self._logged("closing the file"))
+                return
+            self._data = data
+            if self._hasher is None or data.size != self.received:
+                # after a restart, or changed behind our back: hash it from the store
+                self._hasher = None
+                if create and self._settings.digest == "sha256":
+                    self._hasher = StreamDigest(self._run_blocking, self._throttle)
+            # What is held, not a counter; chunks a client sent before our
+            # MsgUploadConf (as if FilePos were where it thought) stay queued.
+            self._accepted = data.size + (self._accepted - accepted_before)
+            self.received = data.size
+
+        def open_data(_):
+            data = self._stores.data
+            return data.create(self.ticket.id) if create else data.reopen(self.ticket.id)
+
+        d = self._io.run(lambda: self._persist().addCallback(open_data))
+        d.addCallback(opened)
+        d.addCallbacks(lambda _: self._opened(), self._failed)
+
+    @_machine.output()
+    def _close_data(self):
+        def close():  # after the writes queued before it
+            data, self._data = self._data, None
+            return data.close() if data is not None else None
+
+        self._io.run(close).addErrback(self._logged("closing the file"))
+
+    @_machine.output()
+    def _store_chunk(self, data):
+        offset = self._accepted
+        self._accepted += len(data)
+
+        def write():
+            if self._data is None:
+                return fail(RuntimeError("no file open to write to"))
+            started = perf_counter()  # a duration of I/O, not reactor time
+            d = self._data.write_at(offset, data)
+            if self._settings.fsync == "chunk":  # acknowledged means durable
+                d.addCallback(lambda _: self._data.sync())
+            return d.addCallback(lambda _: perf_counter() - started)
+
+        d = self._io.run(write)
+        d.addCallbacks(lambda seconds: self._chunk_stored(data, seconds), self._failed)
+        self._throttle()
+
+    def _chunk_stored(self, data, seconds: float) -> None:
+        self._metrics.chunk_stored(len(data), seconds)
+        self.received += len(data)
+        self._unpersisted_bytes += len(data)
+        if self._hasher is not None:
+            self._hasher.feed(data)
+        self._throttle()
+        if self.state != "uploading":
+            return
+        self._send_to(self._channel, "send_chunk_ack", len(data))
+        self._touch_now()
+        now = self._touched_at
+        if (
+            now - self._persisted_touch >= LIVENESS_SECONDS
+            or self._unpersisted_bytes >= LIVENESS_BYTES
+        ):
+            self._persist().addErrback(self._failed)
+        if self.received == self.length:
+            self._complete()
+
+    @_machine.output()
+    def _seal_and_hand_over(self):
+        """Seal the data, get its sha256, record both, then hand over."""
+        hasher, self._hasher = self._hasher, None
+        durable = self._settings.fsync != "none"
+        store = self._stores.data
+
+        def seal(_):  # after the writes queued before it
+            data, self._data = self._data, None
+            if data is not None:
+                return data.finish(durable)
+            held_d = store.held(self.ticket.id, self.length)
+            return held_d.addCallback(seal_existing)
+
+        def seal_existing(held):
+            if held is None and self.sha256 is not None:
+                # sealed and offered before a restart, then taken by the backend
+                return store.location(self.ticket.id)
+            return store.seal_existing(self.ticket.id, durable)
+
+        def checksum(location):
+            self._location = location
+            if self._settings.digest != "sha256":
+                return None
+            if hasher is not None:
+                return hasher.hexdigest()
+            if self.sha256 is not None:
+                return self.sha256
+            reader = store.open_reader(self.ticket.id)
+            return reader.addCallback(digest_of, self._run_blocking)
+
+        def sealed(sha256):
+            self.sha256 = sha256
+            self._log.info(
+                "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
+                id=self.ticket.id,
+                length=self.length,
+                path=self._location,
+                sha256=self.sha256,
+            )
+            return self._persist()  # with the sha256: a restart offers the file as it was
+
+        d = self._io.run(seal, None)
+        d.addCallback(checksum).addCallback(sealed)
+        d.addCallbacks(lambda _: self._offer(), self._failed)
+
+    def _offer(self) -> None:
+        d = hand_over(
+            self._backend,
+            self.ticket,
+            self._location,
+            self.browser_name,
+            self.sha256,
+            self._clock,
+            self._metrics,
+        )
+
+        def answered(outcome):
+            answer, reason = outcome
+            if answer == DONE:
+                self._handover_done()
+            elif answer == FAILED:
+                self._handover_failed(reason)
+            else:
+                self._handover_wait()
+
+        d.addCallback(answered)
+        d.addErrback(lambda f: self._log.failure("upload {id}: handover", f, id=self.ticket.id))
+
+    @_machine.output()
+    def _record_end(self):
+        self._ended_at = self._clock.seconds()
+
+    @_machine.output()
+    def _bury_then_announce_done(self):
+        """Record the tombstone, then tell the browser (only then is it finished)."""
         self._log.info("upload {id}: handed over", id=self.ticket.id)
         self._metrics.upload_finished()
-        if self._channel is not None:
-            self._channel.finish_ok()
-            self._channel = None
+        channel, self._channel = self._channel, None
+
+        def announce(_):
+            self._send_to(channel, "finish_ok")
+
+        self._persist().addErrback(self._logged("recording the finish")).addCallback(announce)
 
     @_machine.output()
     def _remove_file_if_asked(self):
-        if self.ticket.remove_file_when_finished:
-            remove_quietly(self._path)
+        store = self._stores.capability(IRemoveAfterHandover)
+        if self.ticket.remove_file_when_finished and store is not None and self._location:
+            store.remove(self._location).addErrback(self._logged("removing the file"))
 
     @_machine.output()
     def _record_cancel(self, reason, kind):
@@ -686,97 +851,75 @@ class Upload:
         self._metrics.upload_cancelled(kind)
 
     @_machine.output()
-    def _discard_file(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        remove_quietly(self._storage.part_path(self.ticket.id))
-        if self._path is not None:  # complete, but the handover failed
-            remove_quietly(self._path)
+    def _discard_data(self):
+        def discard(_):  # after the writes queued before it
+            data, self._data = self._data, None
+            if data is not None:
+                return data.terminate()
+            return self._stores.data.discard(self.ticket.id)
+
+        def tidy(_):  # a sealed file whose handover failed, or a .part left open
+            return self._stores.data.discard(self.ticket.id)
+
+        d = self._io.run(discard, None).addBoth(tidy)
+        d.addErrback(self._logged("deleting the data"))
 
     @_machine.output()
-    def _tell_browser(self, reason, code, reply):
-        self._notify_browser(reason, code, reply)
-
-    def _notify_browser(self, reason, code, reply):
-        channel, self._channel = self._channel, None
-        if channel is None:
-            return
-        if reply == REPLY_CANCEL_ACK:
-            channel.cancel_acked()
-        elif reply == REPLY_CANCEL:
-            channel.cancelled(reason, code)
-        else:
-            channel.fail(code, reason)
-
-    @_machine.output()
-    def _tell_browser_handover_failed(self, reason):
-        self._notify_browser(reason, ErrorCode.HANDOVER_FAILED, REPLY_ERROR)
-
-    @_machine.output()
-    def _count_handover_failure(self):
-        self._metrics.handover_failed()
-
-    @_machine.output()
-    def _tell_browser_protocol_error(self, reason):
-        self._notify_browser(reason, ErrorCode.PROTOCOL, REPLY_ERROR)
-
-    @_machine.output()
-    def _tell_browser_server_error(self, reason):
-        self._notify_browser(reason, ErrorCode.SERVER_ERROR, REPLY_ERROR)
+    def _bury(self):
+        self._persist().addErrback(self._logged("recording the cancellation"))
 
     @_machine.output()
     def _report_cancel(self, reason):
         self._backend.report_cancel(self.ticket, self.browser_name, reason)
 
     @_machine.output()
-    def _schedule_forget(self):
-        self._clock.callLater(RETENTION, self._forget)
+    def _count_handover_failure(self):
+        self._metrics.handover_failed()
 
     @_machine.output()
     def _unregister(self):
+        self._saves.run(self._stores.state.delete, self.ticket.id).addErrback(
+            self._logged("deleting the record")
+        )
         self._forget_me(self)
 
     # ---- transitions ------------------------------------------------------
 
-    _cancelling = [_stop_idle_timer, _record_cancel, _drop_record, _discard_file]
+    _cancelling = [_stop_idle_timer, _record_cancel, _record_end, _discard_data, _bury]
     _finishing = [
         _stop_confirm_timer,
-        _drop_record,
-        _announce_done,
+        _record_end,
+        _bury_then_announce_done,
         _remove_file_if_asked,
         _schedule_forget,
     ]
 
-    created.upon(
-        _connect,
-        enter=uploading,
-        outputs=[_bind, _create_file, _log_connected, _touch, _save_record, _send_conf],
-    )
-    paused.upon(
-        _connect, enter=uploading, outputs=[_bind, _reopen_file, _log_connected, _touch, _send_conf]
-    )
+    created.upon(_connect, enter=uploading, outputs=[_bind, _touch, _open_data])
+    paused.upon(_connect, enter=uploading, outputs=[_bind, _touch, _open_data])
+    uploading.upon(_opened, enter=uploading, outputs=[_log_connected, _send_conf])
     uploading.upon(_connect, enter=uploading, outputs=[_refuse_busy])
     handing_over.upon(_connect, enter=handing_over, outputs=[_bind_waiter])
     waiting_for_finish.upon(_connect, enter=waiting_for_finish, outputs=[_bind_waiter])
     finished.upon(_connect, enter=finished, outputs=[_replay_done])
     cancelled.upon(_connect, enter=cancelled, outputs=[_refuse_cancelled])
+    for _state in (paused, handing_over, waiting_for_finish, finished, cancelled):
+        _state.upon(_opened, enter=_state, outputs=[])  # the browser left meanwhile
 
     uploading.upon(
         _disconnect,
         enter=paused,
-        outputs=[_unbind, _close_file, _touch, _save_record, _log_disconnected],
+        outputs=[_unbind, _close_data, _touch, _save_record, _log_disconnected],
     )
     for _state in (handing_over, waiting_for_finish, finished, cancelled):
         _state.upon(_disconnect, enter=_state, outputs=[_unbind])
 
     uploading.upon(
-        _pause, enter=paused, outputs=[_unbind, _close_file, _touch, _save_record, _log_paused]
+        _pause, enter=paused, outputs=[_unbind, _close_data, _touch, _save_record, _log_paused]
     )
     for _state in (handing_over, waiting_for_finish):
         _state.upon(_pause, enter=_state, outputs=[])
 
-    uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk, _touch])
+    uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk])
     uploading.upon(
         _bad_chunk,
         enter=cancelled,
@@ -786,21 +929,21 @@ class Upload:
         _state.upon(_bad_chunk, enter=_state, outputs=[_tell_browser_protocol_error])
         _state.upon(_chunk, enter=_state, outputs=[_refuse_stray_chunk])  # empty frame
 
-    # recorded once sealed (with its sha256); until then a restart finds the
-    # complete .part file by its size
+    # Recorded once sealed (with its sha256); until then a restart finds the
+    # complete .part file by its size.
     uploading.upon(_complete, enter=handing_over, outputs=[_stop_idle_timer, _seal_and_hand_over])
     handing_over.upon(_resume_handover, enter=handing_over, outputs=[_seal_and_hand_over])
-    handing_over.upon(
-        _storage_failed_at_end,
-        enter=cancelled,
-        outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget],
-    )
 
     for _state in (created, paused, uploading):
         _state.upon(
             _cancel,
             enter=cancelled,
             outputs=_cancelling + [_tell_browser, _report_cancel, _schedule_forget],
+        )
+        _state.upon(
+            _store_failed,
+            enter=cancelled,
+            outputs=_cancelling + [_tell_browser_server_error, _report_cancel, _schedule_forget],
         )
     cancelled.upon(_cancel, enter=cancelled, outputs=[])
 
@@ -817,14 +960,34 @@ class Upload:
                 _stop_confirm_timer,
                 _record_cancel,
                 _count_handover_failure,
-                _drop_record,
-                _discard_file,
+                _record_end,
+                _discard_data,
+                _bury,
                 _tell_browser_handover_failed,
                 _report_cancel,
                 _schedule_forget,
             ],
         )
-
+        _state.upon(
+            _store_failed,
+            enter=cancelled,
+            outputs=[
+                _stop_confirm_timer,
+                _record_cancel,
+                _record_end,
+                _discard_data,
+                _bury,
+                _tell_browser_server_error,
+                _report_cancel,
+                _schedule_forget,
+            ],
+        )
     for _state in (finished, cancelled):
+        _state.upon(_store_failed, enter=_state, outputs=[])  # logged; nothing left to undo
         _state.upon(_forget, enter=forgotten, outputs=[_unregister])
+    for _state in (created, paused, uploading, handing_over, waiting_for_finish):
+        _state.upon(_forget, enter=_state, outputs=[])  # a stale timer
+    for _input in (_store_failed, _opened, _disconnect, _forget):
+        forgotten.upon(_input, enter=forgotten, outputs=[])  # late results
+    del _input
     del _state

@@ -9,12 +9,13 @@ from twisted.web.server import Site
 
 from .backend_api import backend_api
 from .demo import demo_resource
+from .embedded import embedded_stores
 from .handover import BackendClient
 from .health import HealthCheck
 from .metrics import NO_METRICS, Metrics, MetricsPage
-from .registry import UploadRegistry, run_here
+from .registry import UploadRegistry
 from .static import FileCache, library_files
-from .storage import Storage
+from .storage_pool import run_here
 from .wsproto import UploadFactory
 
 
@@ -85,21 +86,23 @@ def access_log_line(timestamp, request) -> str:
 
 
 def make_site(
-    settings, clock, http, demo: bool = False, run_blocking=run_here, metrics=None
+    settings, clock, http, demo: bool = False, run_blocking=run_here, metrics=None, stores=None
 ) -> tuple[Site, UploadRegistry]:
-    """The whole server as a twisted.web Site, plus its upload registry.
+    """The whole server as a twisted.web Site, plus its upload registry
+    (not restored yet: call ``registry.restore()``, as the service does at start).
 
     ``clock`` is the reactor (or a Clock in tests); ``http`` is a treq
     HTTPClient (or StubTreq) used for the handover calls; ``run_blocking``
-    runs file syncing and hashing (a thread pool in production).  ``demo`` adds
-    the /demo/ web app.  ``metrics`` (an incoming.metrics.Metrics) defaults
-    to a new one with a registry of its own.
+    runs blocking storage work (the storage pool in production).  ``demo``
+    adds the /demo/ web app.  ``metrics`` (an incoming.metrics.Metrics)
+    defaults to a new one with a registry of its own; ``stores`` (a
+    StoreComposer) to the embedded default.
     """
     if metrics is None:
         metrics = Metrics()
-    storage = Storage(settings.storage_dir)
-    storage.prepare()
+    if stores is None:
+        stores = embedded_stores(settings, run_blocking)
+        stores.data.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout)
-    registry = UploadRegistry(settings, storage, backend, clock, run_blocking, metrics)
-    registry.restore()
+    registry = UploadRegistry(settings, stores, backend, clock, run_blocking, metrics)
     return _site(build_root(registry, settings, clock, demo, run_blocking, metrics)), registry

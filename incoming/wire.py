@@ -35,7 +35,8 @@ the final message; one that reconnects after a successful handover gets
 MsgUploadConf and MsgAllDone at once.
 
 One connection per upload: while a connection is bound to an upload, a
-second one gets MsgError(UPLOAD_BUSY) and is closed; it does not take over.
+second one gets MsgError(UPLOAD_BUSY) and is closed; it does not take over
+(unless it announced "takeover" and the bound one no longer answers, below).
 A dead connection is detected by WebSocket pings (the WebSocket timeout),
 after which a reconnect is accepted.
 
@@ -50,6 +51,11 @@ change of meaning is used only with a client that announced it in
                  server answers with ``WindowBytes`` (its --window); chunks
                  stay at most ``ChunkSizeKB`` KiB.  Without the feature a
                  client gets exactly the 0.1 MsgUploadConf.
+  "takeover"     When another connection is bound to the upload, the server
+                 pings it and, if it does not answer within 1 s, cuts it and
+                 binds this one, instead of answering ErrorCode 3 (busy) until
+                 the dead connection's ping timeout.  Without the feature a
+                 client gets ErrorCode 3 as from 0.1.
 """
 
 import json
@@ -99,6 +105,7 @@ def parse_message(payload: bytes) -> tuple[str, dict]:
 
 
 BYTE_WINDOW = "byte-window"
+TAKEOVER = "takeover"
 
 
 def requested_features(data: dict) -> frozenset:

@@ -9,10 +9,12 @@ The protocol object is also the upload's *channel*: the upload calls
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import wildcards2patterns
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 
 from . import wire
@@ -25,6 +27,8 @@ CLOSE_GOING_AWAY = 1001
 
 # After MsgPause the browser closes; if it does not, we do after this long.
 PAUSE_CLOSE_GRACE = 5.0
+# A bound connection asked to make way must answer a ping within this long.
+PROBE_TIMEOUT = 1.0
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -42,8 +46,9 @@ class UploadProtocol(WebSocketServerProtocol):
     def onOpen(self):
         self._upload = None
         self._closing = False
+        self._pong_waiters: list[Deferred] = []  # probes waiting for a pong
         self._window_bytes = None  # set for a client that announced byte-window
-        self.closed = Deferred()  # fires when the connection is gone
+        self.closed: Deferred | None = Deferred()  # fires when the connection is gone
         self.factory.metrics.websocket_opened()
         self._deadline = self.factory.clock.callLater(
             self.factory.settings.websocket_timeout, self._no_request
@@ -67,7 +72,7 @@ class UploadProtocol(WebSocketServerProtocol):
         # Autobahn refuses a frame above the limit (the chunk size) by
         # closing with 1009; first tell the browser why and cancel.
         total = self.message_data_total_length + length
-        if 0 < self.maxMessagePayloadSize < total and not self._closing:
+        if 0 < getattr(self, "maxMessagePayloadSize", 0) < total and not self._closing:
             if self._upload is not None:
                 self._upload.frame_too_large(self, total)
             else:
@@ -93,7 +98,8 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is not None:
             raise ProtocolError("a second MsgUploadReq on the same connection")
         upload_id, length, name = wire.upload_request_fields(data)
-        if wire.BYTE_WINDOW in wire.requested_features(data):
+        features = wire.requested_features(data)
+        if wire.BYTE_WINDOW in features:
             self._window_bytes = self.factory.settings.window
         self._cancel_deadline()
         upload = self.factory.registry.get(upload_id)
@@ -101,7 +107,7 @@ class UploadProtocol(WebSocketServerProtocol):
             self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {upload_id!r}")
             return
         self._upload = upload
-        upload.connect(self, length, name)
+        upload.connect(self, length, name, takeover=wire.TAKEOVER in features)
 
     def _on_MsgAck(self, data):
         if self._upload is None:
@@ -139,20 +145,50 @@ class UploadProtocol(WebSocketServerProtocol):
         if upload is not None:
             upload.disconnect(self)
 
+    def onPong(self, payload):
+        waiters, self._pong_waiters = self._pong_waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(True)
+
     # ---- the upload's channel ---------------------------------------------
 
-    def _send(self, message: bytes) -> None:
+    @property
+    def still_open(self) -> bool:
+        """False once the connection is closing or closed."""
+        return not getattr(self, "_closing", True)
+
+    def probe(self, timeout: float = PROBE_TIMEOUT) -> Deferred:
+        """Ping the browser; fire with True if it answers within ``timeout`` s."""
+        if not self.still_open:
+            return succeed(False)
+        answered: Deferred = Deferred()
+        self._pong_waiters.append(answered)
+        self.sendPing()
+        answered.addTimeout(timeout, self.factory.clock)
+        return answered.addErrback(lambda f: f.trap(TimeoutError) and False)
+
+    def drop(self) -> None:
+        """Cut a connection that no longer answers (another one takes over)."""
+        self._closing = True
+        transport: Any = self.transport  # a TCP or TLS transport: it can abort
+        if transport is not None:
+            transport.abortConnection()
+
+    def _send_message(self, message: bytes) -> None:
         if not self._closing:
             self.sendMessage(message)
 
     def send_conf(self, chunk_size_kb, file_pos, send_ahead):
-        self._send(wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes))
+        self._send_message(
+            wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes)
+        )
 
     def send_chunk_ack(self, size):
-        self._send(wire.msg_chunk_ack(size))
+        self._send_message(wire.msg_chunk_ack(size))
 
     def finish_ok(self):
-        self._send(wire.msg_all_done())
+        self._send_message(wire.msg_all_done())
         self.close()
 
     def fail(self, code, text):
@@ -160,15 +196,15 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info(
                 "closing connection with error {code}: {text}", code=int(code), text=text
             )
-        self._send(wire.msg_error(code, text))
+        self._send_message(wire.msg_error(code, text))
         self.close()
 
     def cancelled(self, reason, code):
-        self._send(wire.msg_cancel(reason, code))
+        self._send_message(wire.msg_cancel(reason, code))
         self.close()
 
     def cancel_acked(self):
-        self._send(wire.msg_cancel_ack())
+        self._send_message(wire.msg_cancel_ack())
         self.close()
 
     def close(self):
@@ -178,11 +214,13 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def pause_reading(self):
         """Backpressure: stop reading from the browser for a while."""
-        self.transport.pauseProducing()
+        transport: Any = self.transport  # a push producer
+        transport.pauseProducing()
 
     def resume_reading(self):
         if not self._closing:
-            self.transport.resumeProducing()
+            transport: Any = self.transport
+            transport.resumeProducing()
 
     def going_away(self) -> Deferred:
         """The server stops: close with 1001; the browser will resume later."""

@@ -15,7 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from incoming.config import Settings
-from incoming.tap import in_thread_pool
+from incoming.storage_pool import StoragePool
 from incoming.web import make_site
 
 
@@ -123,7 +123,10 @@ async def start_server(tmp_path, backend_port_number=0, **overrides):
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))
     settings = make_settings(tmp_path, **overrides)
-    site, registry = make_site(settings, reactor, http, run_blocking=in_thread_pool(reactor))
+    storage_pool = StoragePool(reactor)
+    storage_pool.startService()
+    site, registry = make_site(settings, reactor, http, run_blocking=storage_pool.run)
+    await registry.restore()
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     server = RunningServer(
         port=port.getHost().port,
@@ -144,6 +147,8 @@ async def start_server(tmp_path, backend_port_number=0, **overrides):
         await port.stopListening()
         await backend_port.stopListening()
         await pool.closeCachedConnections()
+        await registry.close_connections(reactor, timeout=1.0)  # queued storage work
+        await storage_pool.stopService()
 
     return server, stop
 

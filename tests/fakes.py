@@ -32,3 +32,53 @@ class FakeChannel:
     @property
     def done(self) -> bool:
         return ("all_done",) in self.events
+
+
+def fired(d):
+    """The result of a Deferred that has already fired (stores that run at
+    once, as in unit tests); raises its failure."""
+    results = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if hasattr(results[0], "raiseException"):
+        results[0].raiseException()
+    return results[0]
+
+
+def embedded_registry(settings, backend, clock, **kw):
+    """A registry on the embedded stores, storage work done at once."""
+    from incoming.embedded import embedded_stores
+    from incoming.registry import UploadRegistry
+    from incoming.storage_pool import run_here
+
+    stores = embedded_stores(settings, run_here)
+    stores.data.prepare()
+    return UploadRegistry(settings, stores, backend, clock, **kw)
+
+
+def create(registry, url="http://backend.example/handover", secret="s3cret", remove=True):
+    """A new upload of a registry whose stores answer at once."""
+    return fired(registry.create(url, secret, remove))
+
+
+def data_files(folder) -> list[str]:
+    """What the storage folder holds besides records (open ones and the
+    tombstones of ended uploads, ``<id>.json``), sorted."""
+    import os
+
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".json"))
+
+
+def open_records(folder) -> list[str]:
+    """"<id> (<state>)" of each record in the folder that is not a tombstone."""
+    import json
+    import os
+
+    ids = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                state = json.load(f)["state"]
+                if state not in ("finished", "cancelled"):
+                    ids.append(f"{name[: -len('.json')]} ({state})")
+    return ids

@@ -39,6 +39,7 @@ HELP_DEFAULTS = {
     "websocket_timeout": "58",
     "handover_timeout": "55",
     "handover_confirm_timeout": "600",
+    "retention": "3600",
     "fsync": "complete",
     "digest": "sha256",
     "window": "33554432",

@@ -30,7 +30,8 @@ from twisted.web.resource import Resource
 from fakes import FakeChannel
 from incoming import demo
 from incoming.config import Settings
-from incoming.tap import Options, in_thread_pool
+from incoming.storage_pool import StoragePool
+from incoming.tap import Options
 from incoming.web import make_site
 from wsclient import upload as ws_upload
 
@@ -359,8 +360,9 @@ async def test_upload_through_the_demo_with_real_threads(tmp_path):
     pool = HTTPConnectionPool(reactor, persistent=False)
     http = HTTPClient(Agent(reactor, pool=pool))
     settings = Settings(storage_dir=str(tmp_path / "storage"), chunk_size_kb=64)
-    site, registry = make_site(settings, reactor, http, demo=True,
-                               run_blocking=in_thread_pool(reactor))
+    storage_pool = StoragePool(reactor)
+    storage_pool.startService()
+    site, registry = make_site(settings, reactor, http, demo=True, run_blocking=storage_pool.run)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"http://127.0.0.1:{port.getHost().port}/demo/api/"
     try:
@@ -378,6 +380,7 @@ async def test_upload_through_the_demo_with_real_threads(tmp_path):
     finally:
         await port.stopListening()
         await pool.closeCachedConnections()
+        await storage_pool.stopService()
 
 
 @pytest_twisted.ensureDeferred

@@ -33,6 +33,7 @@ from twisted.internet import reactor, task, threads
 from conftest import start_server
 from test_config import help_by_option
 from wsclient import upload
+from fakes import data_files
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -295,7 +296,7 @@ def test_wire_protocol_page_lists_every_message_type_and_error_code():
 def test_backend_api_page_lists_every_status_the_api_answers():
     source = (ROOT / "incoming" / "backend_api.py").read_text()
     statuses = {int(s) for s in re.findall(r"ApiError\((\d{3})", source)}
-    statuses |= {int(s) for s in re.findall(r"text_response\(\s*request, (\d{3})", source)}
+    statuses |= {int(s) for s in re.findall(r"text_response\(\s*request,\s*(\d{3})", source)}
     assert {200, 400, 401, 403, 404, 405, 412, 503} <= statuses
     documented = {int(row[0]) for row in table_rows(section(doc("backend-api.md"), "Status codes"))
                   if row[0].isdigit()}
@@ -461,7 +462,7 @@ async def test_python_example_backend_takes_an_upload_answering_done(tmp_path):
         assert record["sha256"] == hashlib.sha256(data).hexdigest()
         assert Path(record["path"]).read_bytes() == data
         assert Path(record["path"]).name == ticket  # its own name, not the browser's
-        assert os.listdir(server.storage_dir) == []  # moved away; no record left behind
+        assert data_files(server.storage_dir) == []  # moved away; no record left behind
 
         # The same handover again (as after a restart of the server): done,
         # without touching the file it already has.
@@ -530,7 +531,7 @@ async def test_python_example_backend_cancels_an_upload(tmp_path):
         # The cancellation comes back to the example's handover URL.
         await example.until(lambda: example.backend.listing()[ticket]["status"] == "cancelled")
         assert example.backend.listing()[ticket]["reason"] == "cancelled by the backend"
-        assert os.listdir(server.storage_dir) == []
+        assert data_files(server.storage_dir) == []
     finally:
         await example.stop()
         await stop()

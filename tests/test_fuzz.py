@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from test_twistd import TWISTD
+from fakes import data_files, open_records
 
 MSG_TYPES = ["MsgUploadReq", "MsgAck", "MsgPause", "MsgCancel", "MsgError",
              "MsgChunkAck", "MsgAllDone", "", "msguploadreq"]
@@ -198,8 +199,13 @@ def test_after_the_fuzzing_a_normal_upload_works_and_nothing_is_left(running):
     log = running.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "Unhandled" not in log
     # cancel whatever the fuzzing left open; then only the kept file remains
-    for name in os.listdir(running.storage_dir):
-        if name.endswith(".json"):
-            running.call("POST", "cancel_upload", {"id": name[:-5]}, in_query=False)
-    leftovers = sorted(os.listdir(running.storage_dir))
+    for record in open_records(running.storage_dir):
+        upload_id = record.split()[0]
+        running.call("POST", "cancel_upload", {"id": upload_id}, in_query=False)
+    for _ in range(100):  # cancelled files and tombstones: in storage threads
+        if not open_records(running.storage_dir) and data_files(running.storage_dir) == [ticket]:
+            break
+        time.sleep(0.05)
+    leftovers = data_files(running.storage_dir)
     assert leftovers == [ticket], leftovers
+    assert open_records(running.storage_dir) == []  # tombstones only, until retention

@@ -22,8 +22,7 @@ from conftest import start_server
 from incoming.config import Settings
 from incoming.handover import DONE, HandoverFailed
 from incoming.metrics import CANCEL_KINDS, Metrics, NullMetrics
-from incoming.registry import UploadRegistry
-from incoming.storage import Storage
+from fakes import create, embedded_registry
 from incoming.upload import REPLY_ERROR
 from test_twistd import TwistdServer, backend, free_port, new_upload  # noqa: F401 (fixture)
 from test_upload_machine import FakeBackend, FakeChannel, data_of
@@ -81,9 +80,7 @@ def make_registry(tmp_path, clock, machine_backend, metrics):
     def make(**overrides):
         settings = Settings(storage_dir=str(tmp_path / "storage"), chunk_size_kb=1,
                             idle_timeout=IDLE, **overrides)
-        storage = Storage(settings.storage_dir)
-        storage.prepare()
-        return UploadRegistry(settings, storage, machine_backend, clock, metrics=metrics)
+        return embedded_registry(settings, machine_backend, clock, metrics=metrics)
 
     return make
 
@@ -102,7 +99,7 @@ def cancelled(metrics) -> dict:
 
 
 def started(registry, length=3 * CHUNK):
-    upload = registry.create("http://backend.example/handover", "s3cret", True)
+    upload = create(registry)
     channel = FakeChannel()
     upload.connect(channel, length, "f.bin")
     return upload, channel
@@ -145,14 +142,14 @@ def test_cancel_reasons_are_counted_by_kind(make_registry, metrics, clock, machi
     upload.receive(channel, data_of(CHUNK + 1))  # larger than the chunk size
     upload, channel = started(registry, length=11 * CHUNK)
     assert upload.state == "cancelled"
-    upload = registry.create("http://backend.example/handover", "s3cret", True)
-    open(Storage(str(tmp_path / "storage")).part_path(upload.ticket.id), "wb").close()
+    upload = create(registry)
+    open(tmp_path / "storage" / f"{upload.ticket.id}.part", "wb").close()
     upload.connect(FakeChannel(), CHUNK, "f.bin")  # its .part file cannot be created
     assert upload.state == "cancelled"
     upload, channel = started(registry, length=CHUNK)
     upload.receive(channel, data_of(CHUNK))
     machine_backend.handovers[-1].deferred.errback(HandoverFailed("backend answered 500"))
-    registry.create("http://backend.example/handover", "s3cret", True)
+    create(registry)
     clock.advance(IDLE + 1)  # only the last one is still open: it idles out
 
     assert cancelled(metrics) == {"browser": 2, "backend": 1, "protocol": 1, "too_large": 1,

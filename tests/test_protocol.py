@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor, task
 
 from conftest import start_server
 from wsclient import upload
+from fakes import data_files
 
 
 def payload(size: int) -> bytes:
@@ -60,7 +61,7 @@ async def test_full_upload_is_handed_over_with_the_same_bytes(server):
     assert call["sha256"] == sha256(data)
     # removeFileWhenFinished=false: the backend may keep using the file
     assert file_sha256(call["filename"]) == sha256(data)
-    assert os.listdir(server.storage_dir) == [ticket]
+    assert data_files(server.storage_dir) == [ticket]
 
 
 @pytest_twisted.ensureDeferred
@@ -71,7 +72,8 @@ async def test_file_is_removed_after_handover_by_default(server):
     assert outcome.last()[0] == "MsgAllDone"
     (call,) = server.backend.calls
     assert sha256(call["content"]) == sha256(data)  # it was there at handover
-    assert os.listdir(server.storage_dir) == []
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
 
 
 @pytest_twisted.ensureDeferred
@@ -132,7 +134,8 @@ async def test_browser_cancel_is_acknowledged_and_reported(server):
     assert call["cancelled"] == "yes"
     assert call["filename"] == ""
     assert "user clicked cancel" in call["cancelReason"]
-    assert os.listdir(server.storage_dir) == []
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
     # the ticket is dead: a reconnect is told so
     again = await upload(server.port, ticket, data=data)
     assert again.last()[0] == "MsgError"
@@ -164,7 +167,8 @@ async def test_backend_cancel_reaches_a_connected_browser_at_once(server):
     assert outcome.close_code == 1000
     (call,) = await server.backend.wait_for_calls(1)
     assert call["cancelled"] == "yes"
-    assert os.listdir(server.storage_dir) == []
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
 
 
 @pytest_twisted.ensureDeferred
@@ -213,7 +217,8 @@ async def test_oversize_frame_is_an_error_and_cancels(server):
     (call,) = await server.backend.wait_for_calls(1)
     assert call["cancelled"] == "yes"
     assert server.registry.get(ticket).state == "cancelled"
-    assert os.listdir(server.storage_dir) == []
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
 
 
 @pytest_twisted.ensureDeferred
@@ -228,7 +233,8 @@ async def test_chunk_past_the_declared_length_is_an_error_and_cancels(server):
     assert "past the file size" in outcome.last()[1]["Msg"]
     (call,) = await server.backend.wait_for_calls(1)
     assert call["cancelled"] == "yes"
-    assert os.listdir(server.storage_dir) == []
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
 
 
 @pytest_twisted.ensureDeferred
@@ -301,7 +307,8 @@ async def check_failed_handover(server, backend_url=None, reason_part=""):
     assert outcome.last()[1]["ErrorCode"] == 7
     assert reason_part in outcome.last()[1]["Msg"]
     assert server.registry.get(ticket).state == "cancelled"
-    assert os.listdir(server.storage_dir) == []  # nothing left on disk
+    # removed in a storage thread, soon after the browser is told
+    await wait_until(lambda: data_files(server.storage_dir) == [])
     return outcome
 
 
@@ -397,7 +404,7 @@ async def test_the_browser_file_name_never_becomes_a_path(server):
     (call,) = server.backend.calls
     assert call["filename"] == os.path.join(server.storage_dir, ticket)
     assert call["filenameFromBrowser"] == "../../../tmp/evil\x00.sh"
-    assert os.listdir(server.storage_dir) == [ticket]
+    assert data_files(server.storage_dir) == [ticket]
 
 
 @pytest_twisted.ensureDeferred

@@ -10,11 +10,10 @@ from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
 
 from incoming.config import Settings
-from incoming.registry import UploadRegistry
-from incoming.storage import Storage
 from incoming.wire import ErrorCode
 
 from conftest import start_server
+from fakes import create, embedded_registry
 from test_protocol import wait_until
 from wsclient import upload
 
@@ -116,9 +115,7 @@ async def test_waiting_for_finish_upload_survives_a_restart(tmp_path):
 def registry_on(folder, clock, settings=None):
     settings = settings or Settings(storage_dir=str(folder), idle_timeout=1000.0,
                                     handover_timeout=10.0)
-    storage = Storage(settings.storage_dir)
-    storage.prepare()
-    return UploadRegistry(settings, storage, NoBackend(), clock)
+    return embedded_registry(settings, NoBackend(), clock)
 
 
 class NoBackend:
@@ -133,7 +130,7 @@ def test_idle_time_continues_from_the_recorded_time(tmp_path):
     clock = task.Clock()
     clock.advance(5000)
     first = registry_on(tmp_path, clock)
-    created = first.create("http://backend.example/h", "", True)
+    created = create(first)
     clock.advance(600)  # the server dies 600 s into the 1000 s idle time
 
     later = task.Clock()
@@ -166,15 +163,26 @@ def test_foreign_files_are_left_alone_and_logged(tmp_path):
         "0d6b1f36-5c1a-4c1e-9d5b-5f0b2f3a9a11.part", "notes.txt"]
 
 
-def test_ended_uploads_leave_no_record(tmp_path):
+def test_an_ended_upload_is_remembered_across_a_restart_until_its_retention_ends(tmp_path):
     clock = task.Clock()
     registry = registry_on(tmp_path, clock)
-    created = registry.create("http://backend.example/h", "", True)
+    created = create(registry)
     created.cancel("changed my mind", ErrorCode.CANCELLED)
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".json")]
-    again = registry_on(tmp_path, clock)
+    clock.advance(1000)
+
+    again = registry_on(tmp_path, clock)  # a crash, then a restart
     again.restore()
+    tombstone = again.get(created.ticket.id)
+    assert tombstone.state == "cancelled"
+    assert tombstone.cancel_reason == "changed my mind"
+    clock.advance(Settings().retention - 1001)
+    assert again.get(created.ticket.id) is tombstone
+    clock.advance(2)
     assert again.get(created.ticket.id) is None
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".json")]
+    third = registry_on(tmp_path, clock)
+    third.restore()
+    assert third.get(created.ticket.id) is None
 
 
 @pytest_twisted.ensureDeferred

@@ -34,7 +34,7 @@ from wsclient import upload
 
 from incoming.config import ConfigError, read_yaml_config
 from incoming.tap import Options
-from incoming.tls import backend_tls_policy, load_ca_bundle
+from incoming.tls import CertificateError, backend_tls_policy, load_ca_bundle
 
 # Twisted's own TLS endpoint (the in-process https backend) still hands
 # pyOpenSSL X509/PKey objects to pyOpenSSL; not ours to fix.
@@ -154,7 +154,7 @@ def test_a_bad_ca_file_is_refused_with_its_option_named(pki, tmp_path, monkeypat
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("hello\n")
     for path in (str(not_pem), str(tmp_path / "missing.pem"), pki.key):
-        with pytest.raises(ConfigError):
+        with pytest.raises(CertificateError):
             load_ca_bundle(path)
         options = Options()
         with pytest.raises(UsageError, match="--backend-ca"):

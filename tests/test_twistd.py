@@ -62,14 +62,15 @@ class TwistdServer:
         )
 
     async def ready(self, timeout=30.0):
-        """Wait (without blocking the reactor) until the port accepts."""
+        """Wait (without blocking the reactor) until the server accepts: the
+        port is bound early, but accepts only once the uploads are restored,
+        which the server logs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"twistd exited: {self.log()}")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            if "; accepting connections on" in self.log():
+                return
             await task.deferLater(reactor, 0.05, lambda: None)
         raise AssertionError(f"twistd did not listen: {self.log()}")
 

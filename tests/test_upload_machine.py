@@ -16,9 +16,13 @@ from twisted.internet.task import Clock
 
 from incoming.config import Settings
 from incoming.handover import DONE, WAIT, HandoverFailed
+from fakes import fired
+from incoming.embedded import embedded_stores
 from incoming.registry import UploadRegistry
-from incoming.storage import Storage
-from incoming.upload import RETENTION, REPLY_ERROR, TooLate
+from incoming.storage_pool import run_here
+from incoming.upload import REPLY_ERROR, TooLate
+
+RETENTION = Settings().retention
 from incoming.wire import ErrorCode
 
 CHUNK = 1024  # chunk_size_kb=1
@@ -141,11 +145,29 @@ def settings(tmp_path):
     )
 
 
+class Folder:
+    """Where the embedded stores keep an upload's files."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def final_path(self, upload_id: str) -> str:
+        return os.path.join(self.folder, upload_id)
+
+    def part_path(self, upload_id: str) -> str:
+        return self.final_path(upload_id) + ".part"
+
+
 @pytest.fixture
-def storage(settings):
-    folder = Storage(settings.storage_dir)
-    folder.prepare()
-    return folder
+def stores(settings):
+    stores = embedded_stores(settings, run_here)
+    stores.data.prepare()
+    return stores
+
+
+@pytest.fixture
+def storage(stores):
+    return Folder(stores.data.folder)
 
 
 @pytest.fixture
@@ -154,14 +176,14 @@ def backend():
 
 
 @pytest.fixture
-def registry(settings, storage, backend, clock):
-    return UploadRegistry(settings, storage, backend, clock)
+def registry(settings, stores, backend, clock):
+    return UploadRegistry(settings, stores, backend, clock)
 
 
 @pytest.fixture
 def new_upload(registry):
     def make(remove_file_when_finished=True):
-        return registry.create(FINISH_URL, "s3cret", remove_file_when_finished)
+        return fired(registry.create(FINISH_URL, "s3cret", remove_file_when_finished))
 
     return make
 

@@ -12,6 +12,7 @@ import os
 
 import attr
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 
@@ -65,14 +66,17 @@ class ZeroOneClient(WebSocketClientProtocol):
         self.chunk = 0
         self.ahead = 0
         self.stopped = False
+        self._next_send = 0.0  # with a pace: earliest time of the next chunk
+        self._pace_call = None
         if f.silent:
             return
         if f.first_text is not None:
             self.sendMessage(f.first_text)
             return
         request = {"Id": f.upload_id, "LengthBytes": f.length, "Name": f.name}
-        if f.byte_window:
-            request["Features"] = ["byte-window"]
+        features = (["byte-window"] if f.byte_window else []) + list(f.features)
+        if features:
+            request["Features"] = features
         self._send("MsgUploadReq", request)
 
     def _send(self, msg_type, data):
@@ -104,6 +108,8 @@ class ZeroOneClient(WebSocketClientProtocol):
         end = f.source.length  # may differ from the declared length
         limit = end if f.stop_at is None else min(f.stop_at, end)
         while self.in_flight < self.ahead and self.pos < limit:
+            if f.pace and not self._paced():
+                return
             if f.oversize_frame:
                 self.stopped = True
                 self.sendMessage(b"y" * (self.chunk + 1), isBinary=True)
@@ -119,6 +125,16 @@ class ZeroOneClient(WebSocketClientProtocol):
             elif f.extra_bytes:
                 self.stopped = True
                 self.sendMessage(b"x" * f.extra_bytes, isBinary=True)
+
+    def _paced(self) -> bool:
+        """With ``pace``: True when a chunk may go now, else pump later."""
+        now = reactor.seconds()
+        if now >= self._next_send:
+            self._next_send = max(now, self._next_send) + self.factory.pace
+            return True
+        if self._pace_call is None or not self._pace_call.active():
+            self._pace_call = reactor.callLater(self._next_send - now, self.pump)
+        return False
 
     def act(self, action):
         if action == "drop":
@@ -138,6 +154,8 @@ class ZeroOneClient(WebSocketClientProtocol):
             raise ValueError(action)
 
     def onClose(self, wasClean, code, reason):
+        if getattr(self, "_pace_call", None) is not None and self._pace_call.active():
+            self._pace_call.cancel()
         self.factory.outcome.close_code = code
         self.factory.outcome.close_reason = reason
         d, self.factory.done = self.factory.done, None
@@ -149,11 +167,12 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
            first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
-           byte_window=False, tls=None) -> Deferred:
+           byte_window=False, tls=None, pace: float = 0.0, features=()) -> Deferred:
     """Connect once and run the script; fire with the Outcome at close.
 
     ``tls`` (a client TLS connection creator, e.g. optionsForClientTLS)
-    connects with wss: instead of ws:.
+    connects with wss: instead of ws:.  ``pace`` (seconds) sends at most
+    one chunk per that time: a slow but steady link.
     """
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -174,6 +193,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.first_text = first_text
     factory.silent = silent
     factory.byte_window = byte_window
+    factory.features = features
+    factory.pace = pace
     factory.done = Deferred()
     done = factory.done
 

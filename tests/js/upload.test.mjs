@@ -90,7 +90,7 @@ test("start() connects once and sends MsgUploadReq with the ticket, size, name a
     ws.open();
     assert.deepEqual(ws.messages(), [{
         MsgType: "MsgUploadReq",
-        MsgData: { Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt", Features: ["byte-window"] },
+        MsgData: { Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt", Features: ["byte-window", "takeover"] },
     }]);
 });
 
