@@ -177,7 +177,7 @@ class FolderUpload:
                 view = view[written:]
                 offset += written
         except OSError as e:
-            self.size = os.fstat(self._fd).st_size
+            self.size = offset  # what the writes that went through stored
             return fail(StoreError(f"cannot write upload {self.upload_id}: {e.strerror}"))
         self.size = offset
         return succeed(offset)

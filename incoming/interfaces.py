@@ -50,6 +50,10 @@ class LockHeld(StoreError):
     """Another holder has the upload and did not let go."""
 
 
+class LockLost(StoreError):
+    """A lock is no longer held (released, or its lease ran out)."""
+
+
 # ---- data -------------------------------------------------------------------
 
 
@@ -171,7 +175,13 @@ class IStateStore(Interface):
 
 
 class ILock(Interface):
-    """One holder's hold on one upload."""
+    """One holder's hold on one upload.
+
+    A lock shared between processes has a lease that its holder renews; an
+    in-process lock lives as long as its holder and never expires."""
+
+    def renew() -> Any:
+        """Extend the lease; fail with LockLost if the lock is no longer ours."""
 
     def release() -> Any:
         """Let go; fire when another holder may take the upload."""
@@ -205,7 +215,8 @@ class IEventBus(Interface):
 
     def subscribe(upload_id: str, handler: Any) -> Any:
         """Call ``handler(event, payload)`` for the upload's events; its return
-        value (or Deferred) is the answer.  Return a callable that unsubscribes."""
+        value (or Deferred) is the answer, its exception the refusal.  Fire,
+        once the subscription is active, with a callable that unsubscribes."""
 
 
 # ---- composition ------------------------------------------------------------

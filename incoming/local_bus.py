@@ -5,7 +5,7 @@ at once, their answers gathered.
 
 from __future__ import annotations
 
-from twisted.internet.defer import FirstError, gatherResults, maybeDeferred
+from twisted.internet.defer import FirstError, gatherResults, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -41,4 +41,4 @@ class LocalBus:
             if not handlers:
                 self._handlers.pop(upload_id, None)
 
-        return unsubscribe
+        return succeed(unsubscribe)

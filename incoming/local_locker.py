@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet.defer import fail, maybeDeferred, succeed
 from zope.interface import implementer
 
-from .interfaces import ILock, ILocker, LockHeld
+from .interfaces import ILock, ILocker, LockHeld, LockLost
 
 
 @implementer(ILock)
@@ -21,6 +21,11 @@ class LocalLock:
         self.upload_id = upload_id
         self.on_release_requested = on_release_requested
         self.held = True
+
+    def renew(self):
+        if not self.held:
+            return fail(LockLost(f"the lock on upload {self.upload_id} was released"))
+        return succeed(None)
 
     def release(self):
         if self.held:

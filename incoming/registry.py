@@ -79,6 +79,8 @@ class UploadRegistry:
                 if record.ended and (record.ended_at or 0.0) + self._retention < now:
                     yield state.delete(record.id)
                     continue
+                if record.state == "cancelled":  # its data may outlive a crash
+                    yield data.discard(record.id)
                 held = None
                 if record.length is not None and not record.ended:
                     held = yield data.held(record.id, record.length)
@@ -152,7 +154,16 @@ class UploadRegistry:
                 return upload.finish()
             raise ValueError(f"unknown event {event!r}")
 
-        self._unsubscribe[upload.ticket.id] = self._stores.bus.subscribe(upload.ticket.id, on_event)
+        def subscribed(unsubscribe):
+            if upload.ticket.id in self._uploads:
+                self._unsubscribe[upload.ticket.id] = unsubscribe
+            else:  # forgotten meanwhile
+                unsubscribe()
+
+        d = self._stores.bus.subscribe(upload.ticket.id, on_event).addCallback(subscribed)
+        d.addErrback(
+            lambda f: self._log.failure("upload {id}: subscribing", f, id=upload.ticket.id)
+        )
 
     def _forget(self, upload: Upload) -> None:
         self._uploads.pop(upload.ticket.id, None)

@@ -225,9 +225,13 @@ class UploadServer(Service):
         self._log.failure("{what}; stopping", failure, what=what)
         if self._reactor.running:
             self._reactor.stop()
+        else:  # under twistd, before the reactor runs
+            self._reactor.callWhenRunning(self._reactor.stop)
 
     def stopService(self):
         super().stopService()
+        if self._bound is not None:
+            self._bound.stopReading()  # no new browser between "going away" and the end
         d = self._registry.close_connections(self._reactor)
         bound, self._bound = self._bound, None
         if bound is not None:

@@ -31,6 +31,7 @@ import attr
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from .hashing import StreamDigest, digest_of
 from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld
@@ -108,6 +109,7 @@ class Upload:
         self._data: Any = None  # IUploadData while open
         self._io = SerialQueue()  # this upload's data operations, in order
         self._saves = SerialQueue()  # this upload's record writes, in order
+        self._save_waiters: list[Deferred] = []  # asked for the write queued next
         self._channel: Any = None
         self._connecting: dict[Any, list] = {}  # channels on their way to be bound
         self._lock: Any = None
@@ -229,6 +231,9 @@ class Upload:
                 return lock.release()  # gone while we waited
             self._lock = lock
             self._connect(channel)
+            if self._channel is not channel:  # refused (cancelled meanwhile): let go
+                self._release_lock()
+                return
             for data in self._connecting.pop(channel, ()):
                 self.receive(channel, data)
 
@@ -267,9 +272,11 @@ class Upload:
         """A binary frame: one chunk of the file."""
         early = self._connecting.get(channel)
         if early is not None:  # sent before MsgUploadConf: kept until it is bound
-            if len(early) >= MAX_BACKLOG:
+            # Unambiguous only for a new upload (FilePos will be 0); a resuming
+            # client cannot know where to start before MsgUploadConf.
+            if len(early) >= MAX_BACKLOG or self.state != "created":
                 self._connecting.pop(channel, None)
-                channel.fail(ErrorCode.PROTOCOL, "too much file data before MsgUploadConf")
+                channel.fail(ErrorCode.PROTOCOL, "file data before MsgUploadConf")
                 return
             early.append(data)
             return
@@ -463,23 +470,39 @@ class Upload:
         )
 
     def _persist(self) -> Deferred:
-        """Queue a write of the record as it is when the write runs; fire
-        when it is stored (unchanged records are not written again)."""
+        """Ask for a write of the record as it is when the write runs; fire
+        when it is stored.  Requests that arrive while a write waits its turn
+        share it (one write per burst of changes); an unchanged record is not
+        written again."""
+        waiter: Deferred = Deferred()
+        self._save_waiters.append(waiter)
+        if len(self._save_waiters) == 1:  # nothing queued yet
+            self._saves.run(self._write_record)
+        return waiter
 
-        def write():
-            record = self._snapshot()
-            if record == self._stored:
-                return succeed(record)
-            self._persisted_touch = record.touched_at
-            self._unpersisted_bytes = 0
+    def _write_record(self) -> Deferred:
+        waiters, self._save_waiters = self._save_waiters, []
+        record = self._snapshot()
+        self._persisted_touch = record.touched_at
+        self._unpersisted_bytes = 0
+        if record == self._stored:
+            d = succeed(record)
+        else:
             d = self._stores.state.update(record, self._stored.version)
-            return d.addCallback(stored)
+            d.addCallback(self._record_stored)
 
-        def stored(record):
-            self._stored = record
-            return record
+        def settle(result):
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
 
-        return self._saves.run(write)
+        return d.addBoth(settle)
+
+    def _record_stored(self, record: UploadRecord) -> UploadRecord:
+        self._stored = record
+        return record
 
     def _arm_idle(self, delay: float) -> None:
         self._idle_timer = self._clock.callLater(delay, self._idle_expired)
@@ -596,8 +619,9 @@ class Upload:
     def _unbind(self):
         self._channel = None
         self._release_lock()
-        if self._throttled is not None:
-            self._throttled = None
+        throttled, self._throttled = self._throttled, None
+        if throttled is not None:  # so that it reads the browser's close
+            throttled.resume_reading()
 
     @_machine.output()
     def _log_paused(self):
@@ -677,15 +701,15 @@ class Upload:
         self._persist().addErrback(self._failed)
 
     @_machine.output()
-    def _open_data(self):
+    def _open_data(self, channel):
         """Store the record (with the file's size), open the data, then conf."""
-        create = self.state == "uploading" and self._stored.length is None
         accepted_before = self._accepted
+        create = False
 
         def opened(data):
-            if self.state != "uploading" or self._channel is None:  # the browser left
+            if self.state != "uploading" or self._channel is not channel:  # it left
                 self._io.run(data.close).addErrback(self._logged("closing the file"))
-                return
+                return False
             self._data = data
             if self._hasher is None or data.size != self.received:
                 # after a restart, or changed behind our back: hash it from the store
@@ -696,14 +720,18 @@ class Upload:
             # MsgUploadConf (as if FilePos were where it thought) stay queued.
             self._accepted = data.size + (self._accepted - accepted_before)
             self.received = data.size
+            return True
 
-        def open_data(_):
-            data = self._stores.data
-            return data.create(self.ticket.id) if create else data.reopen(self.ticket.id)
+        def open_data():
+            nonlocal create
+            create = self._stored.length is None  # no earlier connection recorded
+            store = self._stores.data
+            opening = store.create if create else store.reopen
+            return self._persist().addCallback(lambda _: opening(self.ticket.id))
 
-        d = self._io.run(lambda: self._persist().addCallback(open_data))
+        d = self._io.run(open_data)
         d.addCallback(opened)
-        d.addCallbacks(lambda _: self._opened(), self._failed)
+        d.addCallbacks(lambda bound: bound and self._opened(), self._failed)
 
     @_machine.output()
     def _close_data(self):
@@ -715,6 +743,7 @@ class Upload:
 
     @_machine.output()
     def _store_chunk(self, data):
+        channel = self._channel
         offset = self._accepted
         self._accepted += len(data)
 
@@ -728,27 +757,28 @@ class Upload:
             return d.addCallback(lambda _: perf_counter() - started)
 
         d = self._io.run(write)
-        d.addCallbacks(lambda seconds: self._chunk_stored(data, seconds), self._failed)
+        d.addCallbacks(lambda seconds: self._chunk_stored(data, seconds, channel), self._failed)
         self._throttle()
 
-    def _chunk_stored(self, data, seconds: float) -> None:
+    def _chunk_stored(self, data, seconds: float, channel) -> None:
         self._metrics.chunk_stored(len(data), seconds)
         self.received += len(data)
         self._unpersisted_bytes += len(data)
         if self._hasher is not None:
             self._hasher.feed(data)
         self._throttle()
-        if self.state != "uploading":
-            return
-        self._send_to(self._channel, "send_chunk_ack", len(data))
+        if self.state != "uploading" or channel is not self._channel:
+            return  # cancelled meanwhile, or sent by a connection that is gone
+        self._send_to(channel, "send_chunk_ack", len(data))
         self._touch_now()
         now = self._touched_at
         if (
             now - self._persisted_touch >= LIVENESS_SECONDS
             or self._unpersisted_bytes >= LIVENESS_BYTES
         ):
+            self._persisted_touch, self._unpersisted_bytes = now, 0  # asked once
             self._persist().addErrback(self._failed)
-        if self.received == self.length:
+        if self.received == self.length and self.state == "uploading":
             self._complete()
 
     @_machine.output()
@@ -766,8 +796,9 @@ class Upload:
             return held_d.addCallback(seal_existing)
 
         def seal_existing(held):
-            if held is None and self.sha256 is not None:
-                # sealed and offered before a restart, then taken by the backend
+            if held is None and self._stored.state == "handing_over":
+                # sealed and offered before a restart (recorded so), then
+                # taken by the backend: offered again as it was
                 return store.location(self.ticket.id)
             return store.seal_existing(self.ticket.id, durable)
 
@@ -798,6 +829,8 @@ class Upload:
         d.addCallbacks(lambda _: self._offer(), self._failed)
 
     def _offer(self) -> None:
+        if self.state != "handing_over":  # a store failed meanwhile: cancelled
+            return
         d = hand_over(
             self._backend,
             self.ticket,
@@ -810,7 +843,9 @@ class Upload:
 
         def answered(outcome):
             answer, reason = outcome
-            if answer == DONE:
+            if self.state != "handing_over":
+                self._log.warn("upload {id}: handover answered after it ended", id=self.ticket.id)
+            elif answer == DONE:
                 self._handover_done()
             elif answer == FAILED:
                 self._handover_failed(reason)
@@ -825,22 +860,24 @@ class Upload:
         self._ended_at = self._clock.seconds()
 
     @_machine.output()
-    def _bury_then_announce_done(self):
-        """Record the tombstone, then tell the browser (only then is it finished)."""
+    def _bury_announce_remove(self):
+        """Record the tombstone, then tell the browser (only then is it
+        finished), then remove the file if the backend asked for it (after
+        the tombstone: a crash never finds an open record without its file)."""
         self._log.info("upload {id}: handed over", id=self.ticket.id)
         self._metrics.upload_finished()
         channel, self._channel = self._channel, None
+        self._release_lock()
+        store = self._stores.capability(IRemoveAfterHandover)
+        location = self._location or self._stores.data.location(self.ticket.id)
 
         def announce(_):
             self._send_to(channel, "finish_ok")
+            if self.ticket.remove_file_when_finished and store is not None:
+                return store.remove(location).addErrback(self._logged("removing the file"))
 
-        self._persist().addErrback(self._logged("recording the finish")).addCallback(announce)
-
-    @_machine.output()
-    def _remove_file_if_asked(self):
-        store = self._stores.capability(IRemoveAfterHandover)
-        if self.ticket.remove_file_when_finished and store is not None and self._location:
-            store.remove(self._location).addErrback(self._logged("removing the file"))
+        d = self._persist().addErrback(self._logged("recording the finish"))
+        d.addCallback(announce)
 
     @_machine.output()
     def _record_cancel(self, reason, kind):
@@ -851,7 +888,13 @@ class Upload:
         self._metrics.upload_cancelled(kind)
 
     @_machine.output()
-    def _discard_data(self):
+    def _bury_then_discard(self):
+        """Record the tombstone, then delete the data (a crash in between:
+        the restore deletes a cancelled upload's data)."""
+        d = self._persist().addErrback(self._logged("recording the cancellation"))
+        d.addCallback(lambda _: self._discard_data_now())
+
+    def _discard_data_now(self) -> None:
         def discard(_):  # after the writes queued before it
             data, self._data = self._data, None
             if data is not None:
@@ -865,10 +908,6 @@ class Upload:
         d.addErrback(self._logged("deleting the data"))
 
     @_machine.output()
-    def _bury(self):
-        self._persist().addErrback(self._logged("recording the cancellation"))
-
-    @_machine.output()
     def _report_cancel(self, reason):
         self._backend.report_cancel(self.ticket, self.browser_name, reason)
 
@@ -878,6 +917,7 @@ class Upload:
 
     @_machine.output()
     def _unregister(self):
+        self._release_lock()
         self._saves.run(self._stores.state.delete, self.ticket.id).addErrback(
             self._logged("deleting the record")
         )
@@ -885,14 +925,8 @@ class Upload:
 
     # ---- transitions ------------------------------------------------------
 
-    _cancelling = [_stop_idle_timer, _record_cancel, _record_end, _discard_data, _bury]
-    _finishing = [
-        _stop_confirm_timer,
-        _record_end,
-        _bury_then_announce_done,
-        _remove_file_if_asked,
-        _schedule_forget,
-    ]
+    _cancelling = [_stop_idle_timer, _record_cancel, _record_end, _bury_then_discard]
+    _finishing = [_stop_confirm_timer, _record_end, _bury_announce_remove, _schedule_forget]
 
     created.upon(_connect, enter=uploading, outputs=[_bind, _touch, _open_data])
     paused.upon(_connect, enter=uploading, outputs=[_bind, _touch, _open_data])
@@ -961,8 +995,7 @@ class Upload:
                 _record_cancel,
                 _count_handover_failure,
                 _record_end,
-                _discard_data,
-                _bury,
+                _bury_then_discard,
                 _tell_browser_handover_failed,
                 _report_cancel,
                 _schedule_forget,
@@ -975,8 +1008,7 @@ class Upload:
                 _stop_confirm_timer,
                 _record_cancel,
                 _record_end,
-                _discard_data,
-                _bury,
+                _bury_then_discard,
                 _tell_browser_server_error,
                 _report_cancel,
                 _schedule_forget,

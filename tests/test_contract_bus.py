@@ -27,8 +27,8 @@ async def test_subscribers_of_an_upload_get_its_events_and_answer(bus):  # noqa:
         heard.append((event, payload))
         return "ok"
 
-    unsubscribe = bus.subscribe(upload_id, handler)
-    bus.subscribe(other, lambda e, p: heard.append(("other", e)))
+    unsubscribe = await bus.subscribe(upload_id, handler)
+    await bus.subscribe(other, lambda e, p: heard.append(("other", e)))
     assert await bus.publish(upload_id, CANCEL_REQUESTED, "by the backend") == ["ok"]
     assert await bus.publish(upload_id, FINISH_REQUESTED) == ["ok"]
     assert heard == [(CANCEL_REQUESTED, "by the backend"), (FINISH_REQUESTED, None)]
@@ -47,6 +47,6 @@ async def test_a_refusal_reaches_the_publisher(bus):  # noqa: F811
     def handler(event, payload):
         raise Refused("too late")
 
-    bus.subscribe(upload_id, handler)
+    await bus.subscribe(upload_id, handler)
     with pytest.raises(Refused):
         await bus.publish(upload_id, CANCEL_REQUESTED, "x")

@@ -9,7 +9,7 @@ from twisted.internet.defer import succeed
 from zope.interface.verify import verifyObject
 
 from incoming.ids import new_ticket_id
-from incoming.interfaces import ILock, ILocker, LockHeld
+from incoming.interfaces import ILock, ILocker, LockHeld, LockLost
 from stores import locker  # noqa: F401 (fixture)
 
 
@@ -26,9 +26,15 @@ async def test_one_holder_at_a_time(locker):  # noqa: F811
     with pytest.raises(LockHeld):
         await locker.acquire(upload_id, never_lets_go)
     await (await locker.acquire(other, never_lets_go)).release()  # other uploads are free
+    await lock.renew()
     await lock.release()
+    with pytest.raises(LockLost):
+        await lock.renew()
     again = await locker.acquire(upload_id, never_lets_go)
     await lock.release()  # a stale release does not free the new holder
+    with pytest.raises(LockLost):
+        await lock.renew()
+    await again.renew()
     with pytest.raises(LockHeld):
         await locker.acquire(upload_id, never_lets_go)
     await again.release()
@@ -59,6 +65,8 @@ async def test_a_holder_that_lets_go_hands_over_at_once(locker):  # noqa: F811
     second = await locker.acquire(upload_id, never_lets_go, ask_holder=True)
     with pytest.raises(LockHeld):
         await locker.acquire(upload_id, never_lets_go)
+    with pytest.raises(LockLost):  # it was taken over
+        await first.renew()
     await first.release()  # the old holder's release changes nothing now
     with pytest.raises(LockHeld):
         await locker.acquire(upload_id, never_lets_go)

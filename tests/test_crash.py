@@ -62,7 +62,9 @@ async def test_kill_9_mid_transfer_then_resume(tmp_path, backend):  # noqa: F811
                    and os.path.getsize(server.storage / f"{ticket}.part") == 2 * 512 * 1024)
     await kill(server)
     first = await pending
-    assert first.acked == 2 * 512 * 1024
+    # the last ack may still sit in the killed server's send buffer; what
+    # counts is that the restart resumes at or after every acknowledged byte
+    assert first.acked in (512 * 1024, 2 * 512 * 1024)
 
     await finish_after_restart(tmp_path, backend, ticket, expected_pos=first.acked)
     (call,) = backend.calls

@@ -112,6 +112,23 @@ async def test_waiting_for_finish_upload_survives_a_restart(tmp_path):
         await stop()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_file_to_remove_is_removed_after_finish_upload_across_a_restart(tmp_path):
+    data = os.urandom(70 * 1024)
+    server, stop = await start_server(tmp_path)
+    server.backend.answer = "wait"
+    ticket = await server.new_upload(removeFileWhenFinished="true")
+    await upload(server.port, ticket, data=data, stop_at=len(data), action="drop")
+    await wait_until(lambda: server.registry.get(ticket).state == "waiting_for_finish")
+
+    server, stop = await restart(tmp_path, server, stop)
+    try:
+        assert (await server.call("finish_upload", id=ticket)) == (200, "ok")
+        await wait_until(lambda: not os.path.exists(os.path.join(server.storage_dir, ticket)))
+    finally:
+        await stop()
+
+
 def registry_on(folder, clock, settings=None):
     settings = settings or Settings(storage_dir=str(folder), idle_timeout=1000.0,
                                     handover_timeout=10.0)

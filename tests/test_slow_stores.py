@@ -123,3 +123,37 @@ def test_a_pause_with_writes_waiting_for_their_sync_keeps_them(tmp_path):
     later.run_all()
     later.run_all()
     assert backend.handovers[0].content == data
+
+
+def test_a_quick_reconnect_gets_one_conf_from_the_bytes_held(tmp_path):
+    upload, later, backend = build(tmp_path)
+    data = data_of(3 * CHUNK)
+    first = FakeChannel()
+    upload.connect(first, len(data), "q.bin")
+    later.run_one()  # bound; the record and the open still queued
+    upload.disconnect(first)
+    second = FakeChannel()
+    upload.connect(second, len(data), "q.bin")
+    later.run_all()
+    assert first.file_positions == []
+    assert second.file_positions == [0]  # once, not once per open
+    for start in range(0, len(data), CHUNK):
+        upload.receive(second, data[start:start + CHUNK])
+    later.run_all()
+    later.run_all()
+    assert backend.handovers[0].content == data
+
+
+def test_acks_go_only_to_the_connection_that_sent_the_chunk(tmp_path):
+    upload, later, backend = build(tmp_path, fsync="chunk")
+    data = data_of(3 * CHUNK)
+    first = FakeChannel()
+    upload.connect(first, len(data), "a.bin")
+    later.run_all()
+    upload.receive(first, data[:CHUNK])  # waits for its fsync
+    upload.disconnect(first)
+    second = FakeChannel()
+    upload.connect(second, len(data), "a.bin")
+    later.run_all()
+    assert first.acks == [] and second.acks == []
+    assert second.file_positions == [CHUNK]  # the stored chunk counts

@@ -267,14 +267,16 @@ def test_last_byte_renames_the_file_and_hands_it_over(storage, new_upload, backe
     assert channel.of("finish_ok") == []  # not before the backend answers
 
 
-def test_done_finishes_and_removes_the_file(storage, new_upload, backend):
+def test_done_finishes_and_removes_the_file(storage, stores, new_upload, backend):
     upload = new_upload(remove_file_when_finished=True)
     channel = uploaded(storage, upload, data_of(2000))
+    assert stores.locker.held(upload.ticket.id)  # the connection holds it while it sends
     backend.handovers[0].deferred.callback(DONE)
     assert upload.state == "finished"
     assert channel.last == ("finish_ok",)
     assert files_in(storage) == []
     assert backend.cancels == []
+    assert not stores.locker.held(upload.ticket.id)  # and lets go at the end
 
 
 def test_done_keeps_the_file_when_the_backend_asked_to_keep_it(storage, new_upload, backend):
