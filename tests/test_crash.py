@@ -160,7 +160,7 @@ async def test_disk_full_is_a_clear_error_and_nothing_else_suffers(tmp_path, bac
         assert ok.last()[0] == "MsgAllDone"
         assert (server.storage / small).read_bytes() == DATA[:300 * 1024]
         assert not os.path.exists(server.storage / big)  # nothing under a final name
-        assert not os.path.exists(server.storage / f"{big}.part")
+        await wait_for(lambda: not os.path.exists(server.storage / f"{big}.part"))
         cancel = [c for c in backend.calls if c["id"] == big]
         assert cancel and cancel[0]["cancelled"] == "yes"
         # and the server is still up for new uploads

@@ -33,6 +33,7 @@ from incoming.config import Settings
 from incoming.storage_pool import StoragePool
 from incoming.tap import Options
 from incoming.web import make_site
+from test_protocol import wait_until
 from wsclient import upload as ws_upload
 
 PAGE = "http://demo.example:8080/demo/"
@@ -376,7 +377,8 @@ async def test_upload_through_the_demo_with_real_threads(tmp_path):
         assert record["sha256"] == sha256(data)
         assert record["size"] == len(data)
         assert record["outcome"] == "done"
-        assert not os.path.exists(os.path.join(settings.storage_dir, ticket))
+        # removed in a storage thread, just after the browser is told
+        await wait_until(lambda: not os.path.exists(os.path.join(settings.storage_dir, ticket)))
     finally:
         await port.stopListening()
         await pool.closeCachedConnections()

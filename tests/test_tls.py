@@ -30,6 +30,7 @@ from twisted.web.server import Site
 
 from conftest import FakeBackend
 from test_twistd import TwistdServer, free_port
+from test_protocol import wait_until
 from wsclient import upload
 
 from incoming.config import ConfigError, read_yaml_config
@@ -311,7 +312,8 @@ async def test_handover_to_an_untrusted_backend_fails_with_a_certificate_error(
         assert msg["ErrorCode"] == 7
         assert msg["Msg"] == "handover request failed: TLS error: certificate verify failed"
         assert https_backend.calls == []  # no request got through
-        assert not (server.storage / ticket).exists()
+        # deleted in a storage thread, just after the browser is told
+        await wait_until(lambda: not (server.storage / ticket).exists())
     finally:
         await stop(server)
     assert "certificate verify failed" in server.log()
