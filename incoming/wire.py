@@ -22,7 +22,11 @@ Server -> client:
                  WindowBytes?}            only for a "byte-window" client
   MsgChunkAck   {ChunkSize}               sent after the chunk is in the file
   MsgCancelAck  {Ack: true}
-  MsgCancel     {Reason, ErrorCode}       the backend cancelled the upload
+  MsgCancel     {Reason, ErrorCode}       the backend cancelled the upload; a
+                                          client's MsgCancel after it is answered
+                                          with MsgCancelAck, then close (a 0.1
+                                          page counts itself cancelled only
+                                          then); no answer: close after 5 s
   MsgError      {ErrorCode, Msg}          followed by a close
   MsgAllDone    {Success: true}           handover finished; normal close
 

@@ -27,6 +27,8 @@ CLOSE_GOING_AWAY = 1001
 
 # After MsgPause the browser closes; if it does not, we do after this long.
 PAUSE_CLOSE_GRACE = 5.0
+# After a backend cancel, how long a page has to echo MsgCancel (0.1 does).
+CANCEL_ECHO_GRACE = 5.0
 # A bound connection asked to make way must answer a ping within this long.
 PROBE_TIMEOUT = 1.0
 
@@ -47,6 +49,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._upload = None
         self._closing = False
         self._pong_waiters: list[Deferred] = []  # probes waiting for a pong
+        self._echo_expected = False  # we sent MsgCancel; a 0.1 page echoes it
         self._window_bytes = None  # set for a client that announced byte-window
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
         self.factory.metrics.websocket_opened()
@@ -122,8 +125,14 @@ class UploadProtocol(WebSocketServerProtocol):
     def _on_MsgCancel(self, data):
         if self._upload is None:
             raise ProtocolError("MsgCancel before MsgUploadReq")
-        reason = str(data.get("Reason") or "cancelled in the browser")
-        self._upload.cancel_from_browser(self, f"cancelled by the browser: {reason}")
+        if self._echo_expected:  # a 0.1 page echoing the backend's cancel
+            self._echo_expected = False
+            self._cancel_deadline()
+            self.cancel_acked()
+            return
+        # As 0.1: the backend's cancelReason is the browser's reason, unchanged.
+        reason = data.get("Reason")
+        self._upload.cancel_from_browser(self, "" if reason is None else str(reason))
 
     def _on_MsgError(self, data):
         if self._upload is None:
@@ -200,8 +209,14 @@ class UploadProtocol(WebSocketServerProtocol):
         self.close()
 
     def cancelled(self, reason, code):
+        """The backend cancelled.  A 0.1 page answers MsgCancel with its own
+        MsgCancel and counts itself cancelled only at our MsgCancelAck (see
+        wire.py): answer it, then close; a page that does not answer (ours
+        closes at once) is closed after CANCEL_ECHO_GRACE seconds."""
         self._send_message(wire.msg_cancel(reason, code))
-        self.close()
+        self._echo_expected = True
+        self._cancel_deadline()
+        self._deadline = self.factory.clock.callLater(CANCEL_ECHO_GRACE, self.close)
 
     def cancel_acked(self):
         self._send_message(wire.msg_cancel_ack())
