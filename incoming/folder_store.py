@@ -21,6 +21,7 @@ import os
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
+from .folder_lock import LOCK_NAME
 from .fsops import remove_quietly
 from .interfaces import (
     DataGone,
@@ -149,7 +150,8 @@ class FolderStore:
         known = set(known_ids)
 
         def blocking():
-            return [n for n in sorted(os.listdir(self.folder)) if n.split(".", 1)[0] not in known]
+            names = sorted(os.listdir(self.folder))
+            return [n for n in names if n.split(".", 1)[0] not in known and n != LOCK_NAME]
 
         return self._run(blocking)
 

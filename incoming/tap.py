@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from . import __version__
 from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
+from .folder_lock import FolderInUse, lock_folder
 from .storage_pool import StoragePool
 
 DEFAULTS = Settings()
@@ -145,6 +146,10 @@ def makeService(config, reactor=None) -> MultiService:
     from .web import make_site, metrics_site
 
     settings = config.settings
+    try:  # held for the process's life: one server per storage folder
+        lock_folder(settings.storage_dir)
+    except FolderInUse as e:
+        raise SystemExit(f"twistd incoming: --storage-dir (StorageDir) {e}") from None
     metrics = Metrics()  # this server's own CollectorRegistry
     pool = StoragePool(reactor)
     # A new connection per handover: a pooled one the backend closed meanwhile

@@ -63,10 +63,13 @@ def create(registry, url="http://backend.example/handover", secret="s3cret", rem
 
 def data_files(folder) -> list[str]:
     """What the storage folder holds besides records (open ones and the
-    tombstones of ended uploads, ``<id>.json``), sorted."""
+    tombstones of ended uploads, ``<id>.json``) and the server's lock file,
+    sorted."""
     import os
 
-    return sorted(n for n in os.listdir(folder) if not n.endswith(".json"))
+    return sorted(
+        n for n in os.listdir(folder) if not n.endswith(".json") and n != ".incoming.lock"
+    )
 
 
 def open_records(folder) -> list[str]:

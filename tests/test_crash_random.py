@@ -150,6 +150,8 @@ def folder_listing(storage):
                     records[name.removesuffix(".json")] = json.load(f)
             except FileNotFoundError:  # a tombstone swept meanwhile
                 continue
+        elif name == ".incoming.lock":  # the running server's folder lock
+            continue
         elif "." not in name:
             data.add(name)
         else:
