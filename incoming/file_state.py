@@ -25,6 +25,7 @@ from .storage_pool import SerialQueue
 
 RECORD_SUFFIX = ".json"
 TEMP_SUFFIX = ".json.tmp"
+CORRUPT_SUFFIX = ".json.corrupt"
 
 
 @implementer(IStateStore)
@@ -144,7 +145,10 @@ class FileStateStore:
             raise StoreError(f"cannot write the record of upload {record.id}: {e.strerror}")
 
     def _load_all(self) -> list[UploadRecord]:
-        """Every readable record; unreadable ones are logged and left alone."""
+        """Every readable record.  A corrupt one (not JSON, not an object, a
+        field of the wrong type: a torn write, a disk error, a hand edit) is
+        moved aside to ``<id>.json.corrupt`` and logged with the files of its
+        upload, which are left alone for the operator; the server starts."""
         records = []
         for name in sorted(os.listdir(self.folder)):
             if name.endswith(TEMP_SUFFIX):
@@ -157,6 +161,28 @@ class FileStateStore:
             try:
                 with open(self._path(upload_id), "rb") as f:
                     records.append(record_from_json(f.read(), upload_id))
-            except (OSError, RecordInvalid) as e:
+            except RecordInvalid as e:
+                self._move_aside(upload_id, str(e))
+            except OSError as e:
                 self._log.error("cannot read upload record {name}: {why}", name=name, why=str(e))
         return records
+
+    def _move_aside(self, upload_id: str, why: str) -> None:
+        aside = upload_id + CORRUPT_SUFFIX
+        try:
+            os.replace(self._path(upload_id), os.path.join(self.folder, aside))
+        except OSError as e:
+            aside = f"(not moved: {e.strerror})"
+        files = sorted(
+            n
+            for n in os.listdir(self.folder)
+            if n.startswith(upload_id) and n.split(".")[-1] not in ("json", "corrupt")
+        )
+        self._log.error(
+            "upload {id}: its record is corrupt ({why}); moved aside to {aside}; "
+            "not restored; its files, left alone: {files}",
+            id=upload_id,
+            why=why,
+            aside=aside,
+            files=", ".join(files) or "none",
+        )

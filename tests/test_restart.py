@@ -5,6 +5,7 @@ import hashlib
 import os
 from urllib.parse import urlsplit
 
+import pytest
 import pytest_twisted
 from twisted.internet import task
 from twisted.logger import formatEvent, globalLogPublisher
@@ -222,3 +223,35 @@ async def test_a_file_the_backend_took_is_offered_again_not_recreated_empty(tmp_
         assert [n for n in os.listdir(server.storage_dir) if not n.endswith(".json")] == []
     finally:
         await stop()
+
+
+@pytest.mark.parametrize("corrupt", [
+    b"null", b"[]", b'{"id": "ID", "signal_finish_url": "http://b.example/h", "len',
+    b'{"id": "ID", "signal_finish_url": "http://b.example/h", "length": "10"}',
+    b"\x00\x00\x00\x00",
+], ids=["null", "list", "truncated", "wrong-type", "zeros"])
+def test_a_corrupt_record_is_moved_aside_reported_and_the_rest_restored(tmp_path, corrupt):
+    clock = task.Clock()
+    first = registry_on(tmp_path, clock)
+    good = create(first)
+    bad = create(first)
+    bad_id = bad.ticket.id
+    (tmp_path / f"{bad_id}.part").write_bytes(b"half a file")
+    (tmp_path / f"{bad_id}.json").write_bytes(corrupt.replace(b"ID", bad_id.encode()))
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        again = registry_on(tmp_path, clock)
+        again.restore()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert again.get(good.ticket.id).state == "created"  # the server starts, the rest restored
+    assert again.get(bad_id) is None
+    assert (tmp_path / f"{bad_id}.json.corrupt").read_bytes() == corrupt.replace(
+        b"ID", bad_id.encode())
+    assert not (tmp_path / f"{bad_id}.json").exists()
+    assert (tmp_path / f"{bad_id}.part").read_bytes() == b"half a file"  # left alone
+    logged = [formatEvent(e) for e in events]
+    (line,) = [line for line in logged if "record is corrupt" in line]
+    assert bad_id in line and f"{bad_id}.part" in line and "moved aside" in line
