@@ -11,6 +11,9 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .deadline import Deadline
 
 DONE = "done"
 WAIT = "wait"
@@ -31,10 +34,11 @@ class BackendClient:
 
     _log = Logger()
 
-    def __init__(self, http, clock, timeout: float):
+    def __init__(self, http, clock, timeout: float, monotonic=None):
         self._http = http
         self._clock = clock
         self._timeout = timeout
+        self._monotonic = monotonic or clock.seconds  # elapsed time, for the timeout
 
     def _post(self, url: str, fields: dict) -> Deferred:
         """POST the form; fire with (status code, first bytes of the body)."""
@@ -45,11 +49,24 @@ class BackendClient:
             body = yield response.content()
             return response.code, body[:MAX_ANSWER_BYTES]
 
-        def timed_out(result, timeout):
-            # Whatever the cancelled request failed with, it was our timeout.
-            raise TimeoutError(f"no answer within {timeout:g} s")
+        timed_out: list[bool] = []
+        d = exchange()
 
-        return exchange().addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
+        def give_up():
+            timed_out.append(True)
+            d.cancel()
+
+        # Real elapsed time, not a wall clock that jumped (incoming.deadline).
+        timer = Deadline(self._clock, self._monotonic, self._timeout, give_up)
+
+        def settled(result):
+            timer.cancel()
+            if timed_out and isinstance(result, Failure):
+                # Whatever the cancelled request failed with, it was our timeout.
+                return Failure(TimeoutError(f"no answer within {self._timeout:g} s"))
+            return result
+
+        return d.addBoth(settled)
 
     @inlineCallbacks
     def hand_over(self, ticket, path: str, browser_name: str, sha256: str):

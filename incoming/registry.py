@@ -32,9 +32,22 @@ class UploadRegistry:
 
     _log = Logger()
 
-    def __init__(self, settings, stores, backend, clock, run_blocking=run_here, metrics=NO_METRICS):
+    def __init__(
+        self,
+        settings,
+        stores,
+        backend,
+        clock,
+        run_blocking=run_here,
+        metrics=NO_METRICS,
+        monotonic=None,
+    ):
+        """``monotonic``: elapsed time for the destructive timers
+        (time.monotonic in production; by default the clock's seconds)."""
         self._stores = stores
-        self._services = Services(settings, stores, backend, clock, run_blocking, metrics)
+        self._services = Services(
+            settings, stores, backend, clock, run_blocking, metrics, monotonic
+        )
         self._uploads: dict[str, Upload] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         metrics.count_open_uploads(self.open_count)

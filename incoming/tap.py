@@ -8,6 +8,7 @@ Settings come from the defaults (those of the 0.1 server), then the
 from __future__ import annotations
 
 import os
+import time
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -162,7 +163,13 @@ def makeService(config, reactor=None) -> MultiService:
         )
     )
     site, registry = make_site(
-        settings, reactor, http, demo=bool(config["demo"]), run_blocking=pool.run, metrics=metrics
+        settings,
+        reactor,
+        http,
+        demo=bool(config["demo"]),
+        run_blocking=pool.run,
+        metrics=metrics,
+        monotonic=time.monotonic,  # the reactor's clock is the wall clock
     )
     service = MultiService()
     endpoint = serverFromString(reactor, settings.listen)

@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred,
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
 from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
@@ -65,6 +66,10 @@ class Services:
     clock: Any  # IReactorTime: the reactor, or a Clock in tests
     run_blocking: Any  # (f, *args) -> Deferred: the storage pool
     metrics: Any = NO_METRICS
+    monotonic: Any = None  # () -> seconds; time.monotonic in production, else clock.seconds
+
+    def elapsed_clock(self):
+        return self.monotonic or self.clock.seconds
 
 
 class TooLate(Exception):
@@ -95,6 +100,7 @@ class Upload:
         self._stores = services.stores
         self._backend = services.backend
         self._clock = services.clock
+        self._monotonic = services.elapsed_clock()
         self._run_blocking = services.run_blocking
         self._metrics = services.metrics
         self._forget_me = forget
@@ -504,8 +510,11 @@ class Upload:
         self._stored = record
         return record
 
+    def _deadline(self, delay: float, action) -> Deadline:
+        return Deadline(self._clock, self._monotonic, delay, action)
+
     def _arm_idle(self, delay: float) -> None:
-        self._idle_timer = self._clock.callLater(delay, self._idle_expired)
+        self._idle_timer = self._deadline(delay, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
@@ -522,7 +531,7 @@ class Upload:
         self._idle_timer = None
 
     def _arm_confirm(self, delay: float) -> None:
-        self._confirm_timer = self._clock.callLater(
+        self._confirm_timer = self._deadline(
             delay,
             lambda: self._handover_failed(
                 "backend did not call finish_upload within "
@@ -531,7 +540,7 @@ class Upload:
         )
 
     def _arm_forget(self, delay: float) -> None:
-        self._forget_timer = self._clock.callLater(delay, self._forget)
+        self._forget_timer = self._deadline(delay, self._forget)
 
     def _send_to(self, channel, method: str, *args) -> None:
         if channel is not None:

@@ -86,7 +86,14 @@ def access_log_line(timestamp, request) -> str:
 
 
 def make_site(
-    settings, clock, http, demo: bool = False, run_blocking=run_here, metrics=None, stores=None
+    settings,
+    clock,
+    http,
+    demo: bool = False,
+    run_blocking=run_here,
+    metrics=None,
+    stores=None,
+    monotonic=None,
 ) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry
     (not restored yet: call ``registry.restore()``, as the service does at start).
@@ -96,13 +103,15 @@ def make_site(
     runs blocking storage work (the storage pool in production).  ``demo``
     adds the /demo/ web app.  ``metrics`` (an incoming.metrics.Metrics)
     defaults to a new one with a registry of its own; ``stores`` (a
-    StoreComposer) to the embedded default.
+    StoreComposer) to the embedded default; ``monotonic`` (elapsed
+    seconds for the timers that cancel or fail uploads, time.monotonic in
+    production) to the clock's.
     """
     if metrics is None:
         metrics = Metrics()
     if stores is None:
         stores = embedded_stores(settings, run_blocking)
         stores.data.prepare()
-    backend = BackendClient(http, clock, settings.handover_timeout)
-    registry = UploadRegistry(settings, stores, backend, clock, run_blocking, metrics)
+    backend = BackendClient(http, clock, settings.handover_timeout, monotonic)
+    registry = UploadRegistry(settings, stores, backend, clock, run_blocking, metrics, monotonic)
     return _site(build_root(registry, settings, clock, demo, run_blocking, metrics)), registry
