@@ -136,6 +136,17 @@ async def test_sigterm_mid_transfer_says_going_away_and_resumes(tmp_path, backen
     assert backend.calls[0]["sha256"] == SHA
 
 
+def open_files(pid: int) -> list[str]:
+    """What a process's file descriptors point at (deleted files included)."""
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return names
+
+
 def limit_file_size():
     """In the server process: files may not grow past 1 MiB (a full disk)."""
     import resource
@@ -161,6 +172,8 @@ async def test_disk_full_is_a_clear_error_and_nothing_else_suffers(tmp_path, bac
         assert (server.storage / small).read_bytes() == DATA[:300 * 1024]
         assert not os.path.exists(server.storage / big)  # nothing under a final name
         await wait_for(lambda: not os.path.exists(server.storage / f"{big}.part"))
+        # and its file descriptor is closed: a deleted file keeps no space
+        await wait_for(lambda: not [fd for fd in open_files(server.process.pid) if big in fd])
         cancel = [c for c in backend.calls if c["id"] == big]
         assert cancel and cancel[0]["cancelled"] == "yes"
         # and the server is still up for new uploads
