@@ -8,6 +8,9 @@ The backend gets a form POST when a file is complete (answer ``done`` or
 
 from __future__ import annotations
 
+from typing import Any
+
+import treq
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -23,6 +26,10 @@ CANCEL_RETRY_DELAYS = (5.0, 30.0, 120.0)
 
 # An answer longer than this is not "done" or "wait" anyway.
 MAX_ANSWER_BYTES = 4096
+
+
+class _Enough(Exception):
+    """The first MAX_ANSWER_BYTES of an answer are all we read."""
 
 
 class HandoverFailed(Exception):
@@ -45,9 +52,21 @@ class BackendClient:
 
         @inlineCallbacks
         def exchange():
-            response = yield self._http.post(url, data=fields)
-            body = yield response.content()
-            return response.code, body[:MAX_ANSWER_BYTES]
+            # A redirect is an answer (a 303 would turn the POST into a GET
+            # without the form), and only the first bytes are kept.
+            response = yield self._http.post(url, data=fields, allow_redirects=False)
+            body = bytearray()
+
+            def keep(data):
+                body.extend(data[: MAX_ANSWER_BYTES - len(body)])
+                if len(body) >= MAX_ANSWER_BYTES:
+                    raise _Enough()  # treq closes the connection: the rest is not read
+
+            try:
+                yield treq.collect(response, keep)
+            except _Enough:
+                pass
+            return response.code, bytes(body)
 
         timed_out: list[bool] = []
         d = exchange()
@@ -155,3 +174,20 @@ def _describe(error: BaseException) -> str:
             return "TLS error: " + "; ".join(texts)
     text = str(error) or type(error).__name__
     return text
+
+
+def backend_http(reactor, tls_policy):
+    """The HTTP client of the handover and cancellation POSTs: a new
+    connection per POST (a pooled one the backend closed meanwhile would fail
+    it, and POSTs are not retried), and no cookie jar (a backend's cookies are
+    never stored or sent back)."""
+    from http.cookiejar import CookieJar, DefaultCookiePolicy
+
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    agent = Agent(
+        reactor, contextFactory=tls_policy, pool=HTTPConnectionPool(reactor, persistent=False)
+    )
+    no_cookies: Any = CookieJar(DefaultCookiePolicy(allowed_domains=[]))  # accepts none
+    return HTTPClient(agent, cookiejar=no_cookies)

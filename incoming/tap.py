@@ -139,9 +139,7 @@ def makeService(config, reactor=None) -> MultiService:
     then listen) and --metrics-port if set."""
     if reactor is None:
         from twisted.internet import reactor
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
+    from .handover import backend_http
     from .metrics import Metrics
     from .tls import backend_tls_policy
     from .web import make_site, metrics_site
@@ -153,15 +151,7 @@ def makeService(config, reactor=None) -> MultiService:
         raise SystemExit(f"twistd incoming: --storage-dir (StorageDir) {e}") from None
     metrics = Metrics()  # this server's own CollectorRegistry
     pool = StoragePool(reactor)
-    # A new connection per handover: a pooled one the backend closed meanwhile
-    # would fail the POST (POSTs are not retried) and cancel the upload.
-    http = HTTPClient(
-        Agent(
-            reactor,
-            contextFactory=backend_tls_policy(settings.backend_ca),
-            pool=HTTPConnectionPool(reactor, persistent=False),
-        )
-    )
+    http = backend_http(reactor, backend_tls_policy(settings.backend_ca))
     site, registry = make_site(
         settings,
         reactor,

@@ -69,7 +69,7 @@ def test_a_wall_clock_jump_does_not_time_out_the_handover_post():
     answers: list = []
 
     class Hanging:
-        def post(self, url, data):
+        def post(self, url, data, allow_redirects=True):
             return Deferred()  # the backend takes its time
 
     client = BackendClient(Hanging(), clocks.wall, HANDOVER, monotonic=clocks.elapsed.seconds)

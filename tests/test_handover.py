@@ -80,10 +80,17 @@ class RefusingHttp:
 
 
 class Answer:
-    code = 200
+    """A response of 200 "ok", as treq reads one (deliverBody)."""
 
-    def content(self):
-        return defer.succeed(b"ok")
+    code = 200
+    length = 2
+
+    def deliverBody(self, protocol):
+        from twisted.python.failure import Failure
+        from twisted.web.client import ResponseDone
+
+        protocol.dataReceived(b"ok")
+        protocol.connectionLost(Failure(ResponseDone()))
 
 
 @pytest.fixture
