@@ -86,6 +86,22 @@ class ProtocolError(Exception):
     """A message from the client that is not valid 0.1 protocol."""
 
 
+# What of a browser's free text (a cancel reason, an error message) is kept.
+MAX_BROWSER_TEXT = 1024
+# What of an untrusted value is echoed in MsgError and logs.
+MAX_SHOWN = 80
+
+
+def capped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis)."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def shown(value) -> str:
+    """repr() of an untrusted value, at most MAX_SHOWN characters."""
+    return capped(repr(value), MAX_SHOWN)
+
+
 CLIENT_MESSAGE_TYPES = frozenset({"MsgUploadReq", "MsgAck", "MsgPause", "MsgCancel", "MsgError"})
 
 
@@ -99,7 +115,7 @@ def parse_message(payload: bytes) -> tuple[str, dict]:
         raise ProtocolError("a message must be a JSON object")
     msg_type = message.get("MsgType")
     if msg_type not in CLIENT_MESSAGE_TYPES:
-        raise ProtocolError(f"unknown MsgType {msg_type!r}")
+        raise ProtocolError(f"unknown MsgType {shown(msg_type)}")
     data = message.get("MsgData", {})
     if data is None:
         data = {}

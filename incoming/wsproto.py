@@ -107,7 +107,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._cancel_deadline()
         upload = self.factory.registry.get(upload_id)
         if upload is None:
-            self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {upload_id!r}")
+            self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {wire.shown(upload_id)}")
             return
         self._upload = upload
         upload.connect(self, length, name, takeover=wire.TAKEOVER in features)
@@ -120,7 +120,10 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is None:
             raise ProtocolError("MsgPause before MsgUploadReq")
         self._upload.pause(self)
-        self._deadline = self.factory.clock.callLater(PAUSE_CLOSE_GRACE, self.close)
+        if self._upload.channel is self:  # not paused (the handover runs): stay
+            return
+        if self._deadline is None:  # one grace, however many MsgPause arrive
+            self._deadline = self.factory.clock.callLater(PAUSE_CLOSE_GRACE, self.close)
 
     def _on_MsgCancel(self, data):
         if self._upload is None:
@@ -132,13 +135,14 @@ class UploadProtocol(WebSocketServerProtocol):
             return
         # As 0.1: the backend's cancelReason is the browser's reason, unchanged.
         reason = data.get("Reason")
-        self._upload.cancel_from_browser(self, "" if reason is None else str(reason))
+        text = "" if reason is None else wire.capped(str(reason), wire.MAX_BROWSER_TEXT)
+        self._upload.cancel_from_browser(self, text)
 
     def _on_MsgError(self, data):
         if self._upload is None:
             self.close()
             return
-        text = str(data.get("Msg", ""))
+        text = wire.capped(str(data.get("Msg", "")), wire.MAX_BROWSER_TEXT)
         self._upload.cancel_from_browser(self, f"error from frontend: {text}", REPLY_ERROR)
         self.close()
 

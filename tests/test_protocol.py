@@ -437,3 +437,48 @@ async def test_byte_window_client_gets_a_window_and_may_fill_it(tmp_path):
         assert outcome.first("MsgUploadConf") == {"ChunkSizeKB": 64, "FilePos": 0, "SendAhead": 4}
     finally:
         await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_repeated_pauses_arm_one_close_and_the_server_closes_once(server):
+    data = payload(200 * 1024)
+    ticket = await server.new_upload()
+    pending = upload(server.port, ticket, data=data, stop_at=64 * 1024,
+                     action="pause-and-listen")
+    await wait_until(lambda: server.registry.get(ticket).state == "paused")
+    await task.deferLater(reactor, 0.2, lambda: None)  # all 100 MsgPause arrived
+
+    def pause_closes():
+        return [c for c in reactor.getDelayedCalls()
+                if getattr(c.func, "__name__", "") == "close"
+                and type(getattr(c.func, "__self__", None)).__name__ == "UploadProtocol"]
+
+    assert len(pause_closes()) == 1  # one grace timer, not one per MsgPause
+    outcome = await pending  # closed by the server after its grace
+    assert outcome.close_code == 1000
+    assert outcome.first("MsgUploadConf")["FilePos"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pause_during_the_handover_keeps_the_connection_for_the_end(server, monkeypatch):
+    from incoming import wsproto
+
+    monkeypatch.setattr(wsproto, "PAUSE_CLOSE_GRACE", 0.2)  # a close would come first
+    server.backend.answer = "wait"
+    data = payload(100 * 1024)
+    ticket = await server.new_upload(backendSecret="k")
+    pending = upload(server.port, ticket, data=data, stop_at=len(data),
+                     action="pause-and-listen")
+    await wait_until(lambda: server.registry.get(ticket).state == "waiting_for_finish")
+    await task.deferLater(reactor, 0.6, lambda: None)
+    assert (await server.call("finish_upload", id=ticket, backendSecret="k")) == (200, "ok")
+    outcome = await pending
+    assert outcome.last()[0] == "MsgAllDone", outcome.messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrusted_values_are_echoed_short(server):
+    long_id = "x" * 10_000  # within one frame (64 KiB here)
+    outcome = await upload(server.port, long_id, data=b"abc")
+    assert outcome.last()[0] == "MsgError"
+    assert len(outcome.last()[1]["Msg"]) < 200

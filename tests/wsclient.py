@@ -142,6 +142,9 @@ class ZeroOneClient(WebSocketClientProtocol):
         elif action == "pause":
             self._send("MsgPause", {"Pause": True})
             self.sendClose(1000)
+        elif action == "pause-and-listen":  # MsgPause, repeated, without closing
+            for _ in range(100):
+                self._send("MsgPause", {"Pause": True})
         elif action == "close":
             self.sendClose(1000)
         elif action == "cancel":
