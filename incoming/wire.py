@@ -147,7 +147,17 @@ def upload_request_fields(data: dict) -> tuple[str, int, str]:
         raise ProtocolError("MsgUploadReq needs a non-negative integer LengthBytes")
     if not isinstance(name, str):
         raise ProtocolError("MsgUploadReq Name must be a string")
-    return upload_id, length, name
+    return upload_id, length, valid_text(name)
+
+
+def valid_text(text: str) -> str:
+    """``text`` with each unpaired UTF-16 surrogate (valid in JSON, possible
+    in NTFS names, not encodable as UTF-8) replaced by U+FFFD, so that the
+    name can be sent on; everything else is kept as it was."""
+    # json.loads joins valid pairs into one character: any surrogate left is unpaired.
+    if not any("\ud800" <= c <= "\udfff" for c in text):
+        return text
+    return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
 
 def _encode(msg_type: str, data: dict) -> bytes:

@@ -482,3 +482,13 @@ async def test_untrusted_values_are_echoed_short(server):
     outcome = await upload(server.port, long_id, data=b"abc")
     assert outcome.last()[0] == "MsgError"
     assert len(outcome.last()[1]["Msg"]) < 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_with_an_unpaired_surrogate_is_handed_over_with_a_replacement(server):
+    data = payload(10 * 1024)
+    ticket = await server.new_upload()
+    outcome = await upload(server.port, ticket, data=data, name="ph\ud800oto \U0001f600.jpg")
+    assert outcome.last()[0] == "MsgAllDone", outcome.messages
+    (call,) = server.backend.calls
+    assert call["filenameFromBrowser"] == "ph\ufffdoto \U0001f600.jpg"  # valid UTF-8
