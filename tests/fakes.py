@@ -67,8 +67,9 @@ def data_files(folder) -> list[str]:
     sorted."""
     import os
 
+    records = (".json", ".json.tmp", ".json.corrupt")
     return sorted(
-        n for n in os.listdir(folder) if not n.endswith(".json") and n != ".incoming.lock"
+        n for n in os.listdir(folder) if not n.endswith(records) and n != ".incoming.lock"
     )
 
 

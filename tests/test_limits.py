@@ -7,6 +7,7 @@ import treq
 
 from conftest import start_server
 from wsclient import upload
+from fakes import data_files as folder_data_files
 
 NORMAL = os.urandom(50 * 1024)
 
@@ -20,7 +21,8 @@ async def normal_upload_still_works(server):
 
 
 def data_files(server):
-    return [n for n in os.listdir(server.storage_dir) if not n.endswith(".json")]
+    """The folder's data files (records and records being written left out)."""
+    return folder_data_files(server.storage_dir)
 
 
 @pytest_twisted.ensureDeferred
