@@ -11,7 +11,8 @@ folder.
 Chunk writes are positioned writes to the page cache, done on the reactor
 thread (a thread hop costs more than the write); everything that can stall
 (open, fsync, rename, unlink, close, statvfs, reads for a checksum) runs
-through ``run_blocking``, one upload's operations in order.
+through ``run_blocking``; the caller makes one upload's calls one at a
+time (`IUploadData`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .interfaces import (
     StoreError,
     WrongOffset,
 )
-from .storage_pool import SerialQueue
 
 PART_SUFFIX = ".part"
 READ_BLOCK = 1 << 20
@@ -165,7 +165,6 @@ class FolderUpload:
         self.upload_id = upload_id
         self._fd: int | None = fd
         self.size = size
-        self._queue = SerialQueue()  # fsync, close, rename, unlink: in order
 
     def write_at(self, offset: int, data):
         if offset != self.size:
@@ -185,7 +184,7 @@ class FolderUpload:
         return succeed(offset)
 
     def _blocking(self, f, *args):
-        return self._queue.run(self._store._run, f, *args)
+        return self._store._run(f, *args)
 
     def sync(self):
         fd = self._fd

@@ -58,7 +58,10 @@ class LockLost(StoreError):
 
 
 class IUploadData(Interface):
-    """One upload's bytes, open for writing."""
+    """One upload's bytes, open for writing.
+
+    Its caller makes one call at a time (the next once the last has fired),
+    so an implementation need not queue them itself."""
 
     upload_id = Attribute("The ticket id this data belongs to.")
     size = Attribute("Bytes written so far (after the writes that have fired).")

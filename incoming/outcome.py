@@ -5,6 +5,7 @@ failed with a reason for the browser and the backend.  Never fails itself.
 
 from __future__ import annotations
 
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from .handover import DONE, WAIT, HandoverFailed
@@ -31,12 +32,7 @@ def hand_over(backend, ticket, location, browser_name, sha256, clock, metrics):
         metrics.handover_ended(clock.seconds() - started)
         return result
 
-    try:
-        d = backend.hand_over(ticket, location, browser_name, sha256)
-    except Exception:
-        from twisted.internet.defer import fail
-
-        d = fail()
+    d = maybeDeferred(backend.hand_over, ticket, location, browser_name, sha256)
     return d.addCallbacks(answered, failed).addBoth(timed)
 
 

@@ -52,10 +52,6 @@ class UploadRegistry:
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         metrics.count_open_uploads(self.open_count)
 
-    @property
-    def _retention(self) -> float:
-        return self._services.settings.retention
-
     def create(
         self, signal_finish_url: str, backend_secret: str, remove_file_when_finished: bool
     ) -> Deferred:
@@ -86,12 +82,17 @@ class UploadRegistry:
     def restore(self):
         """Take back the uploads the stores hold (at start)."""
         state, data = self._stores.state, self._stores.data
-        now = self._services.clock.seconds()
-        for record in (yield state.all()):
+        records = yield state.all()
+        expired: set = set()
+        try:  # tombstones older than the retention: gone before anyone asks
+            ended_before = self._services.clock.seconds() - self._services.settings.retention
+            expired = set((yield state.sweep(ended_before)))
+        except Exception as e:  # they stay until their timers: no reason not to start
+            self._log.error("cannot sweep expired tombstones: {why}", why=str(e))
+        for record in records:
+            if record.id in expired:
+                continue
             try:
-                if record.ended and (record.ended_at or 0.0) + self._retention < now:
-                    yield state.delete(record.id)
-                    continue
                 if record.state == "cancelled":  # its data may outlive a crash
                     yield data.discard(record.id)
                 held = None

@@ -139,7 +139,7 @@ class Upload:
         now = services.clock.seconds()
         if plan.state in ("finished", "cancelled"):
             ended = min(now if record.ended_at is None else record.ended_at, now)
-            upload._arm_forget(max(0.0, upload._retention - (now - ended)))
+            upload._arm_forget(max(0.0, services.settings.retention - (now - ended)))
         elif plan.state == "waiting_for_finish":
             since = now if record.waiting_since is None else record.waiting_since
             waited = now - min(since, now)
@@ -167,10 +167,6 @@ class Upload:
     def state(self) -> str:
         """Name of the machine's current state, for logs, status and tests."""
         return self._state_name()
-
-    @property
-    def _retention(self) -> float:
-        return self._settings.retention
 
     # ---- public API -------------------------------------------------------
 
@@ -526,9 +522,9 @@ class Upload:
         )
 
     def _stop_idle(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _arm_confirm(self, delay: float) -> None:
         self._confirm_timer = self._deadline(
@@ -680,7 +676,7 @@ class Upload:
 
     def _touch_now(self) -> None:
         self._touched_at = self._clock.seconds()
-        if self._idle_timer is not None and self._idle_timer.active():
+        if self._idle_timer is not None:
             self._idle_timer.reset(self._settings.idle_timeout)
 
     @_machine.output()
@@ -695,13 +691,13 @@ class Upload:
 
     @_machine.output()
     def _stop_confirm_timer(self):
-        if self._confirm_timer is not None and self._confirm_timer.active():
-            self._confirm_timer.cancel()
-        self._confirm_timer = None
+        timer, self._confirm_timer = self._confirm_timer, None
+        if timer is not None:
+            timer.cancel()
 
     @_machine.output()
     def _schedule_forget(self):
-        self._arm_forget(self._retention)
+        self._arm_forget(self._settings.retention)
 
     # ---- outputs: the stores ----------------------------------------------
 

@@ -24,6 +24,7 @@ from incoming import static
 from incoming.config import Settings
 from incoming.static import FileCache, StaticFile, StaticFolder
 from incoming.web import make_site
+from fakes import fired
 
 JS = "http://incoming.example/incoming/0.1/frontend/incoming.js"
 DTS = "http://incoming.example/incoming/0.1/frontend/incoming.d.ts"
@@ -31,16 +32,6 @@ REPO_FRONTEND = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
                              "frontend")
 # A fixed modification time: Sun, 06 Nov 1994 08:49:37 GMT.
 MTIME = 784111777
-
-
-def fired(d):
-    """The result of a Deferred that must already have fired."""
-    results = []
-    d.addBoth(results.append)
-    assert results, "the request did not complete synchronously"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 class Answer:
