@@ -41,7 +41,7 @@ class Settings:
     window: int = 32 * 1024 * 1024
     max_file_size: int = 0
     storage_reserve: int = 64 * 1024 * 1024
-    max_uploads: int = 0
+    max_uploads: int = 100_000
     allowed_origins: tuple = ()
     backend_allow: tuple = ()
     backend_token: str = attr.ib(default="", repr=False)
@@ -339,7 +339,8 @@ SETTINGS = [
         "max-uploads",
         "MaxUploads",
         parse_count,
-        "Most uploads open at once (new_upload answers 503 beyond); 0 means no limit.",
+        "Most uploads open at once, tickets that never connected included "
+        "(new_upload answers 503 beyond); 0 means no limit.",
     ),
     Setting(
         "allowed_origins",

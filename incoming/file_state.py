@@ -1,27 +1,48 @@
 """
-The state store of the embedded default: one small JSON file per upload,
-``<ticket id>.json``, in the storage folder.
+The state store of the embedded default, in the storage folder: a new
+ticket's record is a line of the ticket log (`incoming.ticket_log`); from
+its first change on, an upload has a small JSON file of its own,
+``<ticket id>.json``, which wins over its line.
 
-A record is replaced atomically (write a temporary file, then rename over
-the old one), so a crash leaves the old or the new one.  Versions are
-checked in memory: one process owns the folder.  Writes run through
-``run_blocking``, one record's writes in order.
+A record file is replaced atomically (write a temporary file, then rename
+over the old one), so a crash leaves the old or the new one; when durable,
+the file and then the folder are synced, so the rename survives a power
+loss too.  Versions are checked in memory: one process owns the folder.
+Writes run through ``run_blocking``, one record's writes in order.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
 import attr
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import fail, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .fsops import remove_quietly
+from .fsops import remove_quietly, sync_folder
 from .ids import parse_ticket_id
-from .interfaces import IStateStore, RecordExists, RecordInvalid, StoreError, VersionConflict
+from .interfaces import (
+    IStateStore,
+    NoSpace,
+    RecordExists,
+    RecordInvalid,
+    StoreError,
+    VersionConflict,
+)
 from .records import UploadRecord, record_from_json
 from .storage_pool import SerialQueue
+from .ticket_log import (
+    COMPACT_AFTER,
+    GroupWriter,
+    append_lines,
+    compact_log,
+    deleted_line,
+    read_log,
+    rewrite_log,
+    ticket_line,
+)
 
 RECORD_SUFFIX = ".json"
 TEMP_SUFFIX = ".json.tmp"
@@ -41,6 +62,11 @@ class FileStateStore:
         self._versions: dict[str, int] = {}  # what is on disk, as far as we know
         self._ended: dict[str, float] = {}  # tombstones: id -> ended_at
         self._queues: dict[str, SerialQueue] = {}
+        self._tickets = GroupWriter(run_blocking)
+        self._in_log: set[str] = set()  # ids whose record is their log line
+        self._logged: set[str] = set()  # ids with a line in the log, live or not
+        self._dead_lines = 0
+        self._log_read = False  # all() has read the folder: _in_log is complete
 
     def _path(self, upload_id: str) -> str:
         return os.path.join(self.folder, upload_id + RECORD_SUFFIX)
@@ -60,12 +86,42 @@ class FileStateStore:
     def create(self, record: UploadRecord):
         stored = attr.evolve(record, version=1)
 
-        def step():
-            if record.id in self._versions:
-                raise RecordExists(f"upload {record.id} has a record already")
-            return self._run(self._write, stored, True).addCallback(lambda _: self._written(stored))
+        def logged(_):
+            self._in_log.add(record.id)
+            self._logged.add(record.id)
+            return self._written(stored)
 
-        return self._in_order(record.id, step)
+        def failed(failure):
+            del self._versions[record.id]
+            return failure
+
+        # A new id has nothing in flight to wait for: no per-id queue.
+        if record.id in self._versions:
+            return fail(RecordExists(f"upload {record.id} has a record already"))
+        self._versions[record.id] = 0  # taken, while its line is written
+        d = self._tickets.append(self._append, ticket_line(stored))
+        return d.addCallbacks(logged, failed)
+
+    def _append(self, lines: list[bytes]):
+        return self._run(append_lines, self.folder, lines, self._durable)
+
+    def _line_died(self, upload_id: str, lines: int = 1) -> None:
+        self._in_log.discard(upload_id)
+        self._dead_lines += lines
+        if self._dead_lines > max(COMPACT_AFTER, len(self._in_log)):
+            self._dead_lines = 0
+            self._tickets.exclusive(self._compact).addErrback(
+                lambda f: self._log.error("ticket log: {why}", why=str(f.value))
+            )
+
+    def _compact(self):
+        live = set(self._in_log)
+        dropped = self._logged - live
+
+        def done(_):
+            self._logged -= dropped
+
+        return self._run(compact_log, self.folder, live, self._durable).addCallback(done)
 
     def update(self, record: UploadRecord, expected_version: int):
         stored = attr.evolve(record, version=expected_version + 1)
@@ -76,9 +132,12 @@ class FileStateStore:
                 raise VersionConflict(
                     f"upload {record.id} is at version {current}, not {expected_version}"
                 )
-            return self._run(self._write, stored, False).addCallback(
-                lambda _: self._written(stored)
-            )
+            return self._run(self._write, stored).addCallback(written)
+
+        def written(_):
+            if record.id in self._in_log:
+                self._line_died(record.id)
+            return self._written(stored)
 
         return self._in_order(record.id, step)
 
@@ -88,7 +147,10 @@ class FileStateStore:
                 with open(self._path(upload_id), "rb") as f:
                     return record_from_json(f.read(), upload_id)
             except FileNotFoundError:
+                pass
+            if self._log_read and upload_id not in self._in_log:
                 return None
+            return read_log(self.folder).records.get(upload_id)
 
         def known(record):
             if record is not None:
@@ -99,7 +161,15 @@ class FileStateStore:
 
     def delete(self, upload_id: str):
         def step():
-            return self._run(remove_quietly, self._path(upload_id)).addCallback(forget)
+            return self._run(remove_quietly, self._path(upload_id)).addCallback(unlog)
+
+        def unlog(_):
+            if upload_id not in self._logged:
+                return forget(None)
+            self._logged.discard(upload_id)
+            self._line_died(upload_id, 2 if upload_id in self._in_log else 1)
+            d = self._tickets.append(self._append, deleted_line(upload_id))
+            return d.addCallback(forget)
 
         def forget(_):
             self._versions.pop(upload_id, None)
@@ -111,9 +181,18 @@ class FileStateStore:
         return self._in_order(upload_id, step)
 
     def all(self):
+        """Every record (at start: the log is rewritten with its live lines)."""
+        return self._tickets.exclusive(self._load)
+
+    def _load(self):
         return self._run(self._load_all).addCallback(self._loaded)
 
-    def _loaded(self, records):
+    def _loaded(self, found):
+        in_log, records = found
+        self._in_log = set(in_log)
+        self._logged = set(in_log)
+        self._dead_lines = 0
+        self._log_read = True
         for record in records:
             self._written(record)
         return records
@@ -126,10 +205,8 @@ class FileStateStore:
 
     # ---- blocking, in a storage thread -------------------------------------
 
-    def _write(self, record: UploadRecord, exclusive: bool) -> None:
+    def _write(self, record: UploadRecord) -> None:
         path = self._path(record.id)
-        if exclusive and os.path.exists(path):
-            raise RecordExists(f"upload {record.id} has a record already")
         temp = os.path.join(self.folder, record.id + TEMP_SUFFIX)
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -140,16 +217,21 @@ class FileStateStore:
             finally:
                 os.close(fd)
             os.replace(temp, path)
+            if self._durable:
+                sync_folder(self.folder)
         except OSError as e:
             remove_quietly(temp)
-            raise StoreError(f"cannot write the record of upload {record.id}: {e.strerror}")
+            error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+            raise error(f"cannot write the record of upload {record.id}: {e.strerror}") from None
 
-    def _load_all(self) -> list[UploadRecord]:
-        """Every readable record.  A corrupt one (not JSON, not an object, a
-        field of the wrong type: a torn write, a disk error, a hand edit) is
-        moved aside to ``<id>.json.corrupt`` and logged with the files of its
+    def _load_all(self) -> tuple[list[str], list[UploadRecord]]:
+        """The ids whose record is a log line, and every readable record; the
+        log is rewritten with its live lines only.  A corrupt record file (not
+        JSON, not an object, a field of the wrong type: a torn write, a disk
+        error, a hand edit) is moved aside to ``<id>.json.corrupt`` and logged with the files of its
         upload, which are left alone for the operator; the server starts."""
-        records = []
+        records = {}
+        unread = set()  # ids whose own file is unreadable: their line is older
         for name in sorted(os.listdir(self.folder)):
             if name.endswith(TEMP_SUFFIX):
                 if parse_ticket_id(name[: -len(TEMP_SUFFIX)]) is not None:
@@ -160,12 +242,18 @@ class FileStateStore:
                 continue
             try:
                 with open(self._path(upload_id), "rb") as f:
-                    records.append(record_from_json(f.read(), upload_id))
+                    records[upload_id] = record_from_json(f.read(), upload_id)
             except RecordInvalid as e:
+                unread.add(upload_id)
                 self._move_aside(upload_id, str(e))
             except OSError as e:
+                unread.add(upload_id)
                 self._log.error("cannot read upload record {name}: {why}", name=name, why=str(e))
-        return records
+        logged = read_log(self.folder)
+        in_log = [i for i in logged.records if i not in records and i not in unread]
+        if logged.torn or logged.lines != len(in_log):
+            rewrite_log(self.folder, [logged.records[i] for i in in_log], self._durable)
+        return in_log, list(records.values()) + [logged.records[i] for i in in_log]
 
     def _move_aside(self, upload_id: str, why: str) -> None:
         aside = upload_id + CORRUPT_SUFFIX

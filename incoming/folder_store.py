@@ -17,13 +17,14 @@ time (`IUploadData`).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
 from .folder_lock import LOCK_NAME
-from .fsops import remove_quietly
+from .fsops import remove_quietly, sync_folder
 from .interfaces import (
     DataGone,
     IDataReader,
@@ -32,11 +33,13 @@ from .interfaces import (
     IInventory,
     IRemoveAfterHandover,
     IUploadData,
+    NoSpace,
     StoreError,
     WrongOffset,
 )
 
 PART_SUFFIX = ".part"
+SERVER_FILES_PREFIX = ".incoming."
 READ_BLOCK = 1 << 20
 
 
@@ -84,7 +87,7 @@ class FolderStore:
 
         return self._run(blocking)
 
-    def held(self, upload_id: str, length: int):
+    def held(self, upload_id: str, length: int | None):
         """A complete file may already carry its final name; a .part file
         longer than the announced length is trimmed to it."""
         part, final = self._part(upload_id), self.location(upload_id)
@@ -97,7 +100,7 @@ class FolderStore:
                     return os.path.getsize(final), True
                 except FileNotFoundError:
                     return None
-            if size > length:
+            if length is not None and size > length:
                 os.truncate(part, length)
                 size = length
             return size, False
@@ -151,7 +154,7 @@ class FolderStore:
 
         def blocking():
             names = sorted(os.listdir(self.folder))
-            return [n for n in names if n.split(".", 1)[0] not in known and n != LOCK_NAME]
+            return [n for n in names if n.split(".", 1)[0] not in known and not _ours(n)]
 
         return self._run(blocking)
 
@@ -165,6 +168,7 @@ class FolderUpload:
         self.upload_id = upload_id
         self._fd: int | None = fd
         self.size = size
+        self._named_durably = False
 
     def write_at(self, offset: int, data):
         if offset != self.size:
@@ -172,6 +176,7 @@ class FolderUpload:
         if self._fd is None:
             return fail(StoreError(f"upload {self.upload_id} is not open for writing"))
         view = memoryview(data)
+        start = offset
         try:
             while view:
                 written = os.pwrite(self._fd, view, offset)
@@ -179,9 +184,28 @@ class FolderUpload:
                 offset += written
         except OSError as e:
             self.size = offset  # what the writes that went through stored
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                return self._cut_back(start, e)
             return fail(StoreError(f"cannot write upload {self.upload_id}: {e.strerror}"))
         self.size = offset
         return succeed(offset)
+
+    def _cut_back(self, start: int, error: OSError):
+        """A full disk: drop the part of the chunk that went through, so that
+        what is stored ends at a chunk the browser was (or will be) told of."""
+        fd = self._fd
+
+        def blocking():
+            why = f"cannot write upload {self.upload_id}: {error.strerror}"
+            try:
+                if fd is not None:
+                    os.ftruncate(fd, start)
+            except OSError as e:
+                raise StoreError(f"{why}, nor cut the torn chunk back: {e.strerror}") from None
+            self.size = start
+            raise NoSpace(why)
+
+        return self._blocking(blocking)
 
     def _blocking(self, f, *args):
         return self._store._run(f, *args)
@@ -190,7 +214,15 @@ class FolderUpload:
         fd = self._fd
         if fd is None:
             return succeed(None)
-        return self._blocking(_fsync, self.upload_id, fd)
+        if self._named_durably:
+            return self._blocking(_fsync, self.upload_id, fd)
+        self._named_durably = True  # the first sync makes the file's name durable too
+
+        def blocking():
+            _fsync(self.upload_id, fd)
+            _sync_folder(self.upload_id, self._store.folder)
+
+        return self._blocking(blocking)
 
     def finish(self, durable: bool):
         fd, self._fd = self._fd, None
@@ -229,6 +261,11 @@ class FolderReader:
         return self._run(self._file.close)
 
 
+def _ours(name: str) -> bool:
+    """The server's own files in the folder: its lock and its ticket log."""
+    return name == LOCK_NAME or name.startswith(SERVER_FILES_PREFIX)
+
+
 def _fsync(upload_id: str, fd: int) -> None:
     try:
         os.fsync(fd)
@@ -242,7 +279,8 @@ def _close(fd: int | None) -> None:
 
 
 def _seal(upload_id: str, part: str, final: str, fd: int | None, durable: bool) -> None:
-    """Make the bytes durable if asked, close, and rename to the final name."""
+    """Make the bytes durable if asked, close, rename to the final name and,
+    if durable, sync the folder so that the rename survives a power loss."""
     try:
         if durable:
             if fd is None:
@@ -256,3 +294,12 @@ def _seal(upload_id: str, part: str, final: str, fd: int | None, durable: bool) 
         os.rename(part, final)
     except OSError as e:
         raise StoreError(f"cannot complete upload {upload_id}: {e.strerror}") from None
+    if durable:  # the new name too, before the handover names it
+        _sync_folder(upload_id, os.path.dirname(final))
+
+
+def _sync_folder(upload_id: str, folder: str) -> None:
+    try:
+        sync_folder(folder)
+    except OSError as e:
+        raise StoreError(f"cannot sync the folder of upload {upload_id}: {e.strerror}") from None

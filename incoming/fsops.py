@@ -13,3 +13,13 @@ def remove_quietly(path: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def sync_folder(folder: str) -> None:
+    """fsync a folder, so that a rename or a new file in it survives a power
+    loss (the file's own fsync does not cover its name)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

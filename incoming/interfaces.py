@@ -26,6 +26,11 @@ class StoreError(Exception):
     """A store refused or failed an operation; str() is the reason for the user."""
 
 
+class NoSpace(StoreError):
+    """The store is full: the bytes stored before are kept (a torn write is
+    cut back), so the upload can go on once there is room."""
+
+
 class WrongOffset(StoreError):
     """A write did not start where the stored bytes end."""
 
@@ -104,9 +109,10 @@ class IDataStore(Interface):
         """Fire with the IUploadData of unsealed bytes, ``size`` being what
         the store durably holds; DataGone if there is none."""
 
-    def held(upload_id: str, length: int) -> Any:
+    def held(upload_id: str, length: int | None) -> Any:
         """Fire with (bytes held, sealed?) or None if nothing is held:
-        what a restart or a reconnect resumes from."""
+        what a restart or a reconnect resumes from.  Bytes past ``length``
+        (a torn tail) are dropped; None: the length is not known, keep all."""
 
     def seal_existing(upload_id: str, durable: bool) -> Any:
         """Seal data that is not open (after a restart); fire with its location."""

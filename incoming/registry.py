@@ -20,8 +20,6 @@ from .storage_pool import run_here
 from .upload import REPLY_CANCEL, Services, TooLate, Upload
 from .wire import ErrorCode
 
-ENDED = ("finished", "cancelled", "forgotten")
-
 
 class UnknownUpload(Exception):
     """No upload with that ticket id (any more)."""
@@ -49,6 +47,7 @@ class UploadRegistry:
             settings, stores, backend, clock, run_blocking, metrics, monotonic
         )
         self._uploads: dict[str, Upload] = {}
+        self._ended: set[str] = set()  # ids of finished and cancelled uploads
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         metrics.count_open_uploads(self.open_count)
 
@@ -65,7 +64,7 @@ class UploadRegistry:
         )
 
         def stored(record):
-            upload = Upload.new(record, self._services, self._forget)
+            upload = Upload.new(record, self._services, self._forget, self._ended_upload)
             self._register(upload)
             self._services.metrics.upload_created()
             self._log.info(
@@ -96,13 +95,18 @@ class UploadRegistry:
                 if record.state == "cancelled":  # its data may outlive a crash
                     yield data.discard(record.id)
                 held = None
-                if record.length is not None and not record.ended:
+                if not record.ended:
                     held = yield data.held(record.id, record.length)
+                if record.length is None and held is not None:
+                    self._stale_record(record, held)
+                    continue
                 plan = plan_restore(record, held)
                 if plan.recreate:
                     created = yield data.create(record.id)
                     yield created.close()
-                upload = Upload.restore(record, plan, self._services, self._forget)
+                upload = Upload.restore(
+                    record, plan, self._services, self._forget, self._ended_upload
+                )
             except Exception as e:
                 self._log.error(
                     "upload {id}: cannot restore: {why}", id=record.id, why=str(e) or repr(e)
@@ -120,6 +124,19 @@ class UploadRegistry:
             yield self._log_foreign_files()
         except Exception as e:  # only a log: never a reason not to start
             self._log.error("storage folder: cannot list it: {why}", why=str(e))
+
+    def _stale_record(self, record, held) -> None:
+        """A ticket's record without a file, but a file: the record is older
+        than the file (its later versions lost in a power loss).  Restored,
+        it would end in an idle timeout that deletes a file a backend may
+        have kept; it is reported instead, and the file left alone."""
+        self._log.error(
+            "upload {id}: its record says no browser has sent a byte, but its file "
+            "holds {size} bytes (the record's later versions were lost, a power loss?); "
+            "not restored; the file is left alone",
+            id=record.id,
+            size=held[0],
+        )
 
     @inlineCallbacks
     def _log_foreign_files(self):
@@ -179,8 +196,12 @@ class UploadRegistry:
             lambda f: self._log.failure("upload {id}: subscribing", f, id=upload.ticket.id)
         )
 
+    def _ended_upload(self, upload: Upload) -> None:
+        self._ended.add(upload.ticket.id)
+
     def _forget(self, upload: Upload) -> None:
         self._uploads.pop(upload.ticket.id, None)
+        self._ended.discard(upload.ticket.id)
         unsubscribe = self._unsubscribe.pop(upload.ticket.id, None)
         if unsubscribe is not None:
             unsubscribe()
@@ -194,8 +215,9 @@ class UploadRegistry:
         return DeferredList(closing).addTimeout(timeout, clock).addErrback(lambda f: None)
 
     def open_count(self) -> int:
-        """Uploads that have not ended yet."""
-        return sum(1 for u in self._uploads.values() if u.state not in ENDED)
+        """Uploads that have not ended yet, tickets that never connected
+        included (counted, not searched: new_upload asks at every call)."""
+        return len(self._uploads) - len(self._ended)
 
 
 __all__ = ["UploadRegistry", "UnknownUpload", "TooLate"]

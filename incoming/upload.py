@@ -88,7 +88,9 @@ class Upload:
     _machine = MethodicalMachine()
     _log = Logger()
 
-    def __init__(self, record: UploadRecord, services: Services, forget):
+    def __init__(self, record: UploadRecord, services: Services, forget, ended=None):
+        """``forget(upload)`` when its retention is over; ``ended(upload)``
+        when it finishes or is cancelled (the registry counts open uploads)."""
         self._stored = record  # as the state store last confirmed it
         self.ticket = Ticket(
             record.id,
@@ -104,6 +106,7 @@ class Upload:
         self._run_blocking = services.run_blocking
         self._metrics = services.metrics
         self._forget_me = forget
+        self._ended_hook = ended
         self.length: int | None = record.length
         self.browser_name = record.browser_name
         self.received = 0  # bytes the data store holds
@@ -130,10 +133,10 @@ class Upload:
         self._forget_timer: Any = None
 
     @classmethod
-    def restore(cls, record: UploadRecord, plan, services: Services, forget) -> Upload:
+    def restore(cls, record: UploadRecord, plan, services: Services, forget, ended=None) -> Upload:
         """Rebuild an upload from its record and a `restore.RestorePlan`;
         timers continue from the recorded times."""
-        upload = cls(record, services, forget)
+        upload = cls(record, services, forget, ended)
         upload.received = upload._accepted = plan.received
         upload._restore_state(plan.state)
         now = services.clock.seconds()
@@ -153,8 +156,8 @@ class Upload:
         return upload
 
     @classmethod
-    def new(cls, record: UploadRecord, services: Services, forget) -> Upload:
-        upload = cls(record, services, forget)
+    def new(cls, record: UploadRecord, services: Services, forget, ended=None) -> Upload:
+        upload = cls(record, services, forget, ended)
         upload._arm_idle(services.settings.idle_timeout)
         return upload
 
@@ -536,6 +539,8 @@ class Upload:
         )
 
     def _arm_forget(self, delay: float) -> None:
+        if self._ended_hook is not None:
+            self._ended_hook(self)
         self._forget_timer = self._deadline(delay, self._forget)
 
     def _send_to(self, channel, method: str, *args) -> None:

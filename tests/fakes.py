@@ -1,5 +1,7 @@
 """Test doubles shared by several test modules."""
 
+import attr
+
 
 class FakeChannel:
     """A browser's WebSocket connection as the upload sees it (its channel):
@@ -69,20 +71,30 @@ def data_files(folder) -> list[str]:
 
     records = (".json", ".json.tmp", ".json.corrupt")
     return sorted(
-        n for n in os.listdir(folder) if not n.endswith(records) and n != ".incoming.lock"
+        n for n in os.listdir(folder) if not n.endswith(records) and not n.startswith(".incoming.")
     )
+
+
+def stored_records(folder) -> dict:
+    """Every record in the folder, by id, as the server will read it at its
+    next start: its line in the ticket log, overridden by its own ``.json``."""
+    import json
+    import os
+
+    from incoming.ticket_log import read_log
+
+    records = {i: attr.asdict(r) for i, r in read_log(str(folder)).records.items()}
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                records[name[: -len(".json")]] = json.load(f)
+    return records
 
 
 def open_records(folder) -> list[str]:
     """"<id> (<state>)" of each record in the folder that is not a tombstone."""
-    import json
-    import os
-
-    ids = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name)) as f:
-                state = json.load(f)["state"]
-                if state not in ("finished", "cancelled"):
-                    ids.append(f"{name[: -len('.json')]} ({state})")
-    return ids
+    return sorted(
+        f"{i} ({r['state']})"
+        for i, r in stored_records(folder).items()
+        if r["state"] not in ("finished", "cancelled")
+    )

@@ -45,7 +45,7 @@ HELP_DEFAULTS = {
     "window": "33554432",
     "max_file_size": "0",
     "storage_reserve": "67108864",
-    "max_uploads": "0",
+    "max_uploads": "100000",
     "allowed_origins": "none",
     "backend_allow": "none",
     "backend_token": "none",

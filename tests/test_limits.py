@@ -4,6 +4,9 @@ import os
 
 import pytest_twisted
 import treq
+from twisted.internet import defer
+
+from incoming.config import Settings
 
 from conftest import start_server
 from wsclient import upload
@@ -74,6 +77,35 @@ async def test_max_uploads_answers_503_until_one_ends(tmp_path):
         code, _ = await server.call("cancel_upload", id=first)
         assert code == 200
         await normal_upload_still_works(server)
+    finally:
+        await stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_tickets_stops_at_the_default_cap_and_costs_little(tmp_path):
+    """No --max-uploads given: a caller that asks for tickets without end is
+    stopped at 100,000 open ones (never-connected tickets count), and what
+    they leave on disk is one small line each."""
+    server, stop = await start_server(tmp_path)
+    try:
+        cap = Settings().max_uploads
+        assert cap == 100_000
+        # the registry as new_upload calls it (an HTTP round trip each would
+        # only make the test slow), then the last ones through the API
+        burst = [server.registry.create(server.backend_url, "s", True) for _ in range(cap - 1)]
+        await defer.gatherResults(burst)
+        last = await server.new_upload()
+        for _ in range(3):
+            code, text = await server.call("new_upload", signalFinishURL=server.backend_url)
+            assert code == 503
+            assert "too many open uploads (100000)" in text
+        assert server.registry.open_count() == cap
+        assert os.listdir(server.storage_dir) == [".incoming.tickets"]
+        per_ticket = os.path.getsize(os.path.join(server.storage_dir, ".incoming.tickets")) / cap
+        assert per_ticket < 320, f"{per_ticket:.0f} bytes on disk per ticket"
+        code, _ = await server.call("cancel_upload", id=last, backendSecret="")
+        assert code == 200
+        await normal_upload_still_works(server)  # room for one again
     finally:
         await stop()
 

@@ -255,3 +255,36 @@ def test_a_corrupt_record_is_moved_aside_reported_and_the_rest_restored(tmp_path
     logged = [formatEvent(e) for e in events]
     (line,) = [line for line in logged if "record is corrupt" in line]
     assert bad_id in line and f"{bad_id}.part" in line and "moved aside" in line
+
+
+@pytest.mark.parametrize("loss", ["record-reverted", "record-empty", "record-gone"])
+def test_after_a_power_loss_a_stale_record_never_deletes_a_file_the_backend_kept(tmp_path, loss):
+    """The backend answered done and kept the file (removeFileWhenFinished
+    false); then the power went, and the record's later versions with it.
+    The server must not take the ticket back and later delete the file."""
+    first = registry_on(tmp_path, task.Clock())  # its timers die with the power
+    kept = create(first, remove=False)
+    kept_id = kept.ticket.id
+    (tmp_path / kept_id).write_bytes(b"the backend's file")  # handed over, kept
+    record = tmp_path / f"{kept_id}.json"
+    if loss == "record-empty":
+        record.write_bytes(b"")  # the rename reached the disk, its data did not
+    elif loss == "record-gone":
+        (tmp_path / ".incoming.tickets").unlink()  # not even the ticket's line
+    # record-reverted: only the ticket's line, from before any browser came
+
+    events = []
+    clock = task.Clock()
+    globalLogPublisher.addObserver(events.append)
+    try:
+        again = registry_on(tmp_path, clock)
+        again.restore()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert again.get(kept_id) is None  # not a ticket again
+    clock.advance(2000.0)  # past the idle timeout: nothing can delete it
+    assert (tmp_path / kept_id).read_bytes() == b"the backend's file"
+    logged = " ".join(formatEvent(e) for e in events)
+    assert f"{kept_id} belongs to no open upload; left alone" in logged
+    if loss == "record-reverted":
+        assert f"upload {kept_id}: its record says no browser has sent a byte" in logged

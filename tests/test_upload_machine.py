@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from incoming.config import Settings
 from incoming.handover import DONE, WAIT, HandoverFailed
-from fakes import fired
+from fakes import data_files, fired
 from incoming.embedded import embedded_stores
 from incoming.registry import UploadRegistry
 from incoming.storage_pool import run_here
@@ -224,8 +224,8 @@ def read(path: str) -> bytes:
 
 
 def files_in(storage) -> list[str]:
-    """Data files in the folder (journal records are checked on their own)."""
-    return sorted(n for n in os.listdir(storage.folder) if not n.endswith(".json"))
+    """Data files in the folder (records are checked on their own)."""
+    return data_files(storage.folder)
 
 
 # ---- uploading --------------------------------------------------------------

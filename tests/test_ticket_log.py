@@ -1,0 +1,116 @@
+"""The ticket log: the records of tickets no browser has used yet, a line
+each in ``.incoming.tickets`` (incoming.ticket_log), as the file state store
+keeps them across restarts and crashes."""
+
+from __future__ import annotations
+
+import os
+
+import attr
+from twisted.logger import formatEvent, globalLogPublisher
+
+from fakes import fired
+from incoming.file_state import FileStateStore
+from incoming.ids import new_ticket_id
+from incoming.records import UploadRecord
+from incoming.storage_pool import run_here
+from incoming.ticket_log import CORRUPT_NAME, TICKETS_NAME
+
+URL = "http://backend.example/api/backend/hand_over_upload"
+
+
+def a_record(**fields) -> UploadRecord:
+    values = dict(id=new_ticket_id(), signal_finish_url=URL, backend_secret="s3cret",
+                  touched_at=1_700_000_000.5)
+    values.update(fields)
+    return UploadRecord(**values)
+
+
+def restarted(folder) -> tuple[FileStateStore, dict]:
+    store = FileStateStore(str(folder), run_here)
+    return store, {r.id: r for r in fired(store.all())}
+
+
+def test_a_thousand_unused_tickets_cost_one_small_file(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    created = [fired(store.create(a_record())) for _ in range(1000)]
+    assert os.listdir(tmp_path) == [TICKETS_NAME]
+    size = os.path.getsize(tmp_path / TICKETS_NAME)
+    assert size / 1000 < 320, f"{size / 1000:.0f} bytes per ticket"
+    _, records = restarted(tmp_path)
+    assert records == {r.id: r for r in created}  # every field, the secret included
+
+
+def test_a_ticket_that_changes_gets_its_own_record_which_wins(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    stored = fired(store.create(a_record()))
+    changed = fired(store.update(attr.evolve(stored, state="uploading", length=5), 1))
+    assert os.path.exists(tmp_path / f"{stored.id}.json")
+    _, records = restarted(tmp_path)
+    assert records == {stored.id: changed}
+    assert not (tmp_path / TICKETS_NAME).exists()  # its line was dead: rewritten away
+
+
+def test_a_deleted_ticket_does_not_come_back_after_a_restart(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    kept = fired(store.create(a_record()))
+    gone = fired(store.create(a_record()))
+    ended = fired(store.create(a_record()))
+    fired(store.delete(gone.id))
+    fired(store.update(attr.evolve(ended, state="cancelled", ended_at=5.0), 1))
+    fired(store.delete(ended.id))
+    again, records = restarted(tmp_path)
+    assert list(records) == [kept.id]
+    assert fired(again.get(gone.id)) is None
+    assert fired(again.get(kept.id)) == kept
+
+
+def test_dead_lines_are_rewritten_away_while_running(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    records = [fired(store.create(a_record())) for _ in range(3000)]
+    full = os.path.getsize(tmp_path / TICKETS_NAME)
+    for record in records[:2500]:
+        fired(store.delete(record.id))
+    assert os.path.getsize(tmp_path / TICKETS_NAME) < full / 2
+    _, restored = restarted(tmp_path)
+    assert sorted(restored) == sorted(r.id for r in records[2500:])
+
+
+def test_a_torn_last_line_is_dropped_and_later_tickets_are_whole(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    whole = fired(store.create(a_record()))
+    with open(tmp_path / TICKETS_NAME, "ab") as f:
+        f.write(b'{"id":"' + new_ticket_id().encode() + b'","signal_fin')  # a crash here
+    again, records = restarted(tmp_path)
+    assert list(records) == [whole.id]
+    later = fired(again.create(a_record()))
+    _, records = restarted(tmp_path)
+    assert sorted(records) == sorted([whole.id, later.id])
+
+
+def test_a_corrupt_line_is_kept_aside_and_reported_and_the_rest_restored(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    before = fired(store.create(a_record()))
+    with open(tmp_path / TICKETS_NAME, "ab") as f:
+        f.write(b'{"id": "not-a-ticket", "length": "10"}\n')
+    after = fired(store.create(a_record()))
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _, records = restarted(tmp_path)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert sorted(records) == sorted([before.id, after.id])
+    assert (tmp_path / CORRUPT_NAME).read_bytes() == b'{"id": "not-a-ticket", "length": "10"}\n'
+    (line,) = [formatEvent(e) for e in events if "corrupt" in formatEvent(e)]
+    assert "line 2" in line and CORRUPT_NAME in line
+
+
+def test_a_corrupt_record_file_is_not_replaced_by_its_older_line(tmp_path):
+    store = FileStateStore(str(tmp_path), run_here)
+    stored = fired(store.create(a_record()))
+    fired(store.update(attr.evolve(stored, state="uploading", length=9), 1))
+    (tmp_path / f"{stored.id}.json").write_bytes(b"")  # empty after a power loss
+    _, records = restarted(tmp_path)
+    assert records == {}  # not restored as a fresh ticket: its file is reported instead
+    assert (tmp_path / f"{stored.id}.json.corrupt").exists()
