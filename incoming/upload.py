@@ -35,10 +35,11 @@ from twisted.python.failure import Failure
 
 from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
-from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld
+from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld, NoSpace
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
 from .outcome import DONE, FAILED, hand_over
 from .records import LIVENESS_BYTES, LIVENESS_SECONDS, UploadRecord
+from .space import SpacePromises
 from .storage_pool import SerialQueue
 from .wire import ErrorCode
 
@@ -67,6 +68,7 @@ class Services:
     run_blocking: Any  # (f, *args) -> Deferred: the storage pool
     metrics: Any = NO_METRICS
     monotonic: Any = None  # () -> seconds; time.monotonic in production, else clock.seconds
+    space: SpacePromises = attr.Factory(SpacePromises)  # room promised to connected uploads
 
     def elapsed_clock(self):
         return self.monotonic or self.clock.seconds
@@ -105,6 +107,8 @@ class Upload:
         self._monotonic = services.elapsed_clock()
         self._run_blocking = services.run_blocking
         self._metrics = services.metrics
+        self._space = services.space
+        self._writes = 0  # generation of chunk writes: a full disk drops the queued ones
         self._forget_me = forget
         self._ended_hook = ended
         self.length: int | None = record.length
@@ -200,7 +204,12 @@ class Upload:
         d = succeed(True) if busy else self._space_for_the_rest(channel)
         d.addCallback(lambda room: room and self._take_lock(channel, takeover))
         d.addErrback(lambda f: self._log.failure("upload {id}: connect", f, id=self.ticket.id))
-        d.addBoth(lambda _: self._connecting.pop(channel, None))
+        d.addBoth(lambda _: self._connected_or_not(channel))
+
+    def _connected_or_not(self, channel) -> None:
+        self._connecting.pop(channel, None)
+        if self._channel is None or self.state != "uploading":
+            self._space.release(self)  # refused, busy or gone: nothing promised
 
     def _space_for_the_rest(self, channel) -> Deferred:
         """Fire with False (and refuse, without cancelling) when the rest of
@@ -212,13 +221,17 @@ class Upload:
         needed = missing + self._settings.storage_reserve
 
         def check(free):
-            if free >= needed:
+            promised = self._space.promised(besides=self)
+            if free - promised >= needed:
+                self._space.hold(self)  # at once: the next check counts it
                 return True
             self._log.warn(
-                "upload {id}: refused, {needed} bytes needed, {free} free",
+                "upload {id}: refused, {needed} bytes needed, {free} free, "
+                "{promised} promised to uploads in progress",
                 id=self.ticket.id,
                 needed=needed,
                 free=free,
+                promised=promised,
             )
             channel.fail(
                 ErrorCode.NO_SPACE,
@@ -423,6 +436,10 @@ class Upload:
         "A data or state store call failed."
 
     @_machine.input()
+    def _out_of_space(self, reason):
+        "A chunk could not be stored: the disk is full."
+
+    @_machine.input()
     def _cancel(self, reason, code, reply, kind):
         "Cancel: by the browser, the backend, a timeout or an error (kind: metrics.CANCEL_KINDS)."
 
@@ -558,6 +575,7 @@ class Upload:
 
     def _notify_browser(self, reason, code, reply) -> None:
         channel, self._channel = self._channel, None
+        self._space.release(self)
         self._release_lock()
         if channel is None:
             return
@@ -628,6 +646,7 @@ class Upload:
     @_machine.output()
     def _unbind(self):
         self._channel = None
+        self._space.release(self)
         self._release_lock()
         throttled, self._throttled = self._throttled, None
         if throttled is not None:  # so that it reads the browser's close
@@ -673,6 +692,10 @@ class Upload:
     def _tell_browser_server_error(self, reason):
         self._notify_browser(reason, ErrorCode.SERVER_ERROR, REPLY_ERROR)
 
+    @_machine.output()
+    def _tell_browser_no_space(self, reason):
+        self._notify_browser(reason, ErrorCode.NO_SPACE, REPLY_ERROR)
+
     # ---- outputs: time ----------------------------------------------------
 
     @_machine.output()
@@ -708,7 +731,20 @@ class Upload:
 
     @_machine.output()
     def _save_record(self):
-        self._persist().addErrback(self._failed)
+        self._persist().addErrback(self._record_not_saved)
+
+    def _record_not_saved(self, failure) -> None:
+        """A record of progress (a pause, a touch, a wait) that a full disk
+        refused costs nothing but the newest timestamps: the bytes stored are
+        the truth after a restart.  Any other failure ends the upload."""
+        if not failure.check(NoSpace):
+            return self._failed(failure)
+        self._log.warn(
+            "upload {id}: record not updated ({why}); the bytes stored are kept",
+            id=self.ticket.id,
+            why=str(failure.value),
+        )
+        return None
 
     @_machine.output()
     def _open_data(self, channel):
@@ -756,8 +792,11 @@ class Upload:
         channel = self._channel
         offset = self._accepted
         self._accepted += len(data)
+        generation = self._writes
 
         def write():
+            if generation != self._writes:
+                return None  # after a full disk: the browser sends it again
             if self._data is None:
                 return fail(RuntimeError("no file open to write to"))
             started = perf_counter()  # a duration of I/O, not reactor time
@@ -767,10 +806,28 @@ class Upload:
             return d.addCallback(lambda _: perf_counter() - started)
 
         d = self._io.run(write)
-        d.addCallbacks(lambda seconds: self._chunk_stored(data, seconds, channel), self._failed)
+        d.addCallbacks(lambda seconds: self._chunk_stored(data, seconds, channel), self._not_stored)
         self._throttle()
 
-    def _chunk_stored(self, data, seconds: float, channel) -> None:
+    def _not_stored(self, failure) -> None:
+        """A chunk write failed.  A full disk keeps what is stored: the
+        browser is told (code 10) and comes back later; the writes queued
+        behind it are dropped, it sends them again."""
+        if not failure.check(NoSpace):
+            return self._failed(failure)
+        self._writes += 1
+        self._log.warn(
+            "upload {id}: {why}; paused at byte {pos}, the bytes stored are kept",
+            id=self.ticket.id,
+            why=str(failure.value),
+            pos=self.received,
+        )
+        self._out_of_space(f"the server's disk is full ({failure.value}); try again later")
+        return None
+
+    def _chunk_stored(self, data, seconds: float | None, channel) -> None:
+        if seconds is None:  # dropped
+            return
         self._metrics.chunk_stored(len(data), seconds)
         self.received += len(data)
         self._unpersisted_bytes += len(data)
@@ -787,7 +844,7 @@ class Upload:
             or self._unpersisted_bytes >= LIVENESS_BYTES
         ):
             self._persisted_touch, self._unpersisted_bytes = now, 0  # asked once
-            self._persist().addErrback(self._failed)
+            self._persist().addErrback(self._record_not_saved)
         if self.received == self.length and self.state == "uploading":
             self._complete()
 
@@ -965,6 +1022,13 @@ class Upload:
 
     uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk])
     uploading.upon(
+        _out_of_space,
+        enter=paused,
+        outputs=[_tell_browser_no_space, _unbind, _close_data, _touch, _save_record],
+    )
+    for _state in (created, paused, handing_over, waiting_for_finish, finished, cancelled):
+        _state.upon(_out_of_space, enter=_state, outputs=[])  # the browser left already
+    uploading.upon(
         _bad_chunk,
         enter=cancelled,
         outputs=_cancelling + [_tell_browser_protocol_error, _report_cancel, _schedule_forget],
@@ -1029,7 +1093,7 @@ class Upload:
         _state.upon(_forget, enter=forgotten, outputs=[_unregister])
     for _state in (created, paused, uploading, handing_over, waiting_for_finish):
         _state.upon(_forget, enter=_state, outputs=[])  # a stale timer
-    for _input in (_store_failed, _opened, _disconnect, _forget):
+    for _input in (_store_failed, _opened, _disconnect, _forget, _out_of_space):
         forgotten.upon(_input, enter=forgotten, outputs=[])  # late results
     del _input
     del _state
