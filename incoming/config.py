@@ -44,6 +44,7 @@ class Settings:
     max_uploads: int = 0
     allowed_origins: tuple = ()
     backend_allow: tuple = ()
+    backend_origins: tuple = ()  # empty: every call from a web page is refused
     backend_token: str = attr.ib(default="", repr=False)
     backend_ca: str = ""
 
@@ -356,6 +357,16 @@ SETTINGS = [
         parse_networks,
         "Comma-separated IP addresses or CIDR ranges allowed to call the "
         "backend API; empty means any.",
+    ),
+    Setting(
+        "backend_origins",
+        "backend-origins",
+        "BackendOrigins",
+        parse_origins,
+        "Comma-separated web page origins allowed to call the backend API "
+        "(wildcards allowed: https://*.example.com); empty means none: a call "
+        "with an Origin header, or a Sec-Fetch-Site header other than none, "
+        "is refused (backends send neither).",
     ),
     Setting(
         "backend_token",

@@ -48,6 +48,7 @@ HELP_DEFAULTS = {
     "max_uploads": "0",
     "allowed_origins": "none",
     "backend_allow": "none",
+    "backend_origins": "none",
     "backend_token": "none",
     "backend_ca": "the system's trust store",
 }
@@ -380,3 +381,25 @@ def test_fsync_levels(level):
 def test_unknown_fsync_level_is_refused():
     with pytest.raises(UsageError, match="--fsync"):
         settings("--fsync", "sometimes")
+
+
+# ---- --backend-origins --------------------------------------------------------
+
+
+def test_backend_origins_default_to_none():
+    assert settings().backend_origins == ()
+
+
+def test_backend_origins_from_flag_and_config_file(tmp_path):
+    flag = settings("--backend-origins", "https://admin.example.com, https://*.example.org")
+    assert flag.backend_origins == ("https://admin.example.com", "https://*.example.org")
+    path = write_config(tmp_path, "BackendOrigins: [https://admin.example.com]\n")
+    assert settings("--config", path).backend_origins == ("https://admin.example.com",)
+
+
+def test_a_backend_origin_without_scheme_stops_start_up_naming_it(tmp_path):
+    message = usage_error("--backend-origins", "admin.example.com")
+    assert "--backend-origins" in message and "'admin.example.com'" in message
+    path = write_config(tmp_path, "BackendOrigins: https://ok.example, null\n")
+    message = usage_error("--config", path)
+    assert "BackendOrigins" in message and "'null'" in message
