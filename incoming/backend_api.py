@@ -229,8 +229,11 @@ class Params:
 
 
 def check_finish_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1/": an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, f"signalFinishURL {url!r} is not an absolute http(s) URL")
     return url
 

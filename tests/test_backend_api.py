@@ -204,6 +204,7 @@ def test_new_upload_without_signal_finish_url_is_400(server):
         "file:///etc/passwd",
         "javascript:alert(1)",
         "http://",
+        "http://[::1/hand_over",  # urlsplit raises on it
     ],
 )
 def test_new_upload_with_relative_or_non_http_url_is_400(server, url):
