@@ -5,12 +5,13 @@ finish_upload.
 Parameters come from the query string or the form body (both as in 0.1).
 Every answer is text/plain: the value on 200, a message on an error.
 Status codes: 400 bad or missing parameter (including a malformed ticket
-id), 401 missing or wrong bearer token (with --backend-token), 403 wrong
-backendSecret, a caller outside --backend-allow, or a call from a web page
-(an Origin header not in --backend-origins, or Sec-Fetch-Site other than
-none), 404 unknown ticket, 405 wrong method, 412 too late (cancel during or
-after the handover, finish when nothing waits), 500 a bug, 503 too many open
-uploads (--max-uploads) or a record that cannot be stored.
+id, and a signalFinishURL host outside --finish-url-hosts), 401 missing or
+wrong bearer token (with --backend-token), 403 wrong backendSecret, a
+caller outside --backend-allow, or a call from a web page (an Origin header
+not in --backend-origins, or Sec-Fetch-Site other than none), 404 unknown
+ticket, 405 wrong method, 412 too late (cancel during or after the handover,
+finish when nothing waits), 500 a bug, 503 too many open uploads
+(--max-uploads) or a record that cannot be stored.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .config import describe
+from .hostlist import HostList
 from .ids import parse_ticket_id
 from .interfaces import StoreError
 from .registry import UnknownUpload
@@ -228,24 +230,38 @@ class Params:
         raise ApiError(400, f"{name} must be true or false, not {value!r}")
 
 
-def check_finish_url(url: str) -> str:
+ANY_HOST = HostList()
+
+
+def check_finish_url(url: str, hosts: HostList = ANY_HOST) -> str:
+    """The URL, if the server may POST handovers to it."""
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. "http://[::1/": an unclosed IPv6 bracket
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, f"signalFinishURL {url!r} is not an absolute http(s) URL")
+    if not hosts.allows(parts.hostname):
+        raise ApiError(
+            400,
+            f"signalFinishURL host {shown(parts.hostname)} is not in "
+            f"{describe('finish_url_hosts')}",
+        )
     return url
 
 
 class NewUpload(BackendCall):
     """Issue a ticket; answer its id."""
 
+    def __init__(self, registry, settings, guard: BackendGuard):
+        super().__init__(registry, settings, guard)
+        self._hosts = HostList(settings.finish_url_hosts)
+
     def call(self, params):
         limit = self._settings.max_uploads
         if limit and self._registry.open_count() >= limit:
             raise ApiError(503, f"too many open uploads ({limit}); try again later")
-        url = check_finish_url(params.required("signalFinishURL"))
+        url = check_finish_url(params.required("signalFinishURL"), self._hosts)
         dest_type = params.optional("destType", "file")
         if dest_type != "file":
             raise ApiError(400, f"destType {dest_type!r} is not supported (only 'file')")

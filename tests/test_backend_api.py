@@ -255,6 +255,60 @@ def test_remove_file_when_finished_other_words_are_400(server, spelling):
     assert len(server.registry) == 0
 
 
+# ---- --finish-url-hosts ---------------------------------------------------------
+
+
+FINISH_URL_HOSTS = ("backend.example", "*.apps.example", "10.1.0.0/16", "2001:db8::/32")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://backend.example/hand_over",
+        "https://BACKEND.example.:8443/hand_over",  # any case, any port, a final dot
+        "http://web-3.apps.example/hand_over",
+        "http://a.b.apps.example/hand_over",
+        "http://10.1.200.3:8000/hand_over",
+        "http://[2001:db8::7]/hand_over",
+    ],
+)
+def test_a_signal_finish_url_on_an_allowed_host_gets_a_ticket(tmp_path, url):
+    server = Server(tmp_path, finish_url_hosts=FINISH_URL_HOSTS)
+    ticket = server.new_upload(signalFinishURL=url)
+    assert server.registry.get(ticket).ticket.signal_finish_url == url
+
+
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        ("http://metadata.internal/latest", "metadata.internal"),
+        ("http://backend.example.evil/x", "backend.example.evil"),
+        ("http://apps.example/x", "apps.example"),  # the wildcard wants a subdomain
+        ("http://evilapps.example/x", "evilapps.example"),
+        ("http://10.2.0.1/x", "10.2.0.1"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254"),
+        ("http://[::1]:8080/x", "::1"),
+        ("http://[::ffff:10.1.0.1]/x", "::ffff:10.1.0.1"),  # not an IPv4 address
+        ("http://127.1/x", "127.1"),  # a name, never resolved: not 127.0.0.1
+    ],
+)
+def test_a_signal_finish_url_on_another_host_is_400_naming_it(tmp_path, url, host):
+    server = Server(tmp_path, finish_url_hosts=FINISH_URL_HOSTS)
+    answer = server.post("new_upload", data={"signalFinishURL": url})
+    assert_error(answer, 400)
+    assert answer.text == (
+        f"signalFinishURL host '{host}' is not in --finish-url-hosts (FinishURLHosts)\n"
+    )
+    assert_nothing_created(server)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest", "http://[::1]:8080/x", "https://anything.example/"]
+)
+def test_without_finish_url_hosts_any_host_gets_a_ticket(server, url):
+    assert server.registry.get(server.new_upload(signalFinishURL=url)) is not None
+
+
 # ---- cancel_upload ----------------------------------------------------------
 
 
