@@ -5,10 +5,13 @@ finish_upload.
 Parameters come from the query string or the form body (both as in 0.1).
 Every answer is text/plain: the value on 200, a message on an error.
 Status codes: 400 bad or missing parameter (including a malformed ticket
-id), 401 missing or wrong bearer token (with --backend-token), 403 wrong
-backendSecret or a caller outside --backend-allow, 404 unknown ticket, 405
-wrong method, 412 too late (cancel during or after the handover, finish when
-nothing waits), 503 too many open uploads (--max-uploads).
+id, and a signalFinishURL host outside --finish-url-hosts), 401 missing or
+wrong bearer token (with --backend-token), 403 wrong backendSecret, a
+caller outside --backend-allow, or a call from a web page (an Origin header
+not in --backend-origins, or Sec-Fetch-Site other than none), 404 unknown
+ticket, 405 wrong method, 412 too late (cancel during or after the handover,
+finish when nothing waits), 500 a bug, 503 too many open uploads
+(--max-uploads) or a record that cannot be stored.
 """
 
 from __future__ import annotations
@@ -17,16 +20,20 @@ import hmac
 import ipaddress
 from urllib.parse import urlsplit
 
+from autobahn.util import wildcards2patterns
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from .config import describe
+from .hostlist import HostList
 from .ids import parse_ticket_id
 from .interfaces import StoreError
 from .registry import UnknownUpload
 from .upload import TooLate
+from .wire import shown
 
 _log = Logger()
 
@@ -70,16 +77,22 @@ def text_response(request, status: int, text: str) -> bytes:
 
 
 class BackendGuard:
-    """Who may call the backend API: optional address ranges and bearer token.
+    """Who may call the backend API: not a web page (unless its origin is
+    listed), and optionally only some address ranges and a bearer token.
 
-    Off by default (0.1-compatible); the way to run without a reverse proxy.
+    The address and token checks are off by default (0.1-compatible); they
+    are the way to run without a reverse proxy.
     """
 
-    def __init__(self, networks=(), token: str = ""):
+    _log = Logger()
+
+    def __init__(self, networks=(), token: str = "", origins=()):
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
         self._token = token.encode("utf-8")
+        self._origins = wildcards2patterns(list(origins))
 
     def check(self, request) -> None:
+        self._check_browser(request)
         if self._networks:
             host = getattr(request.getClientAddress(), "host", "")
             try:
@@ -95,6 +108,34 @@ class BackendGuard:
             if not valid:
                 request.setHeader(b"www-authenticate", b'Bearer realm="incoming"')
                 raise ApiError(401, "missing or wrong bearer token")
+
+    def _check_browser(self, request) -> None:
+        """Refuse a call that a web page made a visitor's browser send.
+
+        A form POST needs no CORS preflight, so any site could otherwise
+        call new_upload through a browser that reaches the server.  Browsers
+        mark such requests with Origin (every POST) and Sec-Fetch-Site;
+        backends send neither (Node's fetch sends Sec-Fetch-Mode only, which
+        is why that header is not looked at).  An Origin equal to the Host
+        is refused too: with DNS rebinding a hostile page has that origin.
+        """
+        origins = [o.decode("latin-1") for o in request.requestHeaders.getRawHeaders(b"origin", [])]
+        site = request.getHeader(b"sec-fetch-site")
+        if origins:
+            refused = [o for o in origins if not any(p.match(o) for p in self._origins)]
+            if not refused:
+                return
+            marker = f"Origin {shown(refused[0])}"
+        elif site is not None and site.strip().lower() != b"none":
+            marker = f"Sec-Fetch-Site {shown(site.decode('latin-1'))}"
+        else:
+            return
+        self._log.info("backend API: refused a call from a web page ({marker})", marker=marker)
+        raise ApiError(
+            403,
+            f"backend API calls from a web page ({marker}) are refused; list the "
+            f"page's origin in {describe('backend_origins')} to allow them",
+        )
 
 
 class BackendCall(Resource):
@@ -189,21 +230,38 @@ class Params:
         raise ApiError(400, f"{name} must be true or false, not {value!r}")
 
 
-def check_finish_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+ANY_HOST = HostList()
+
+
+def check_finish_url(url: str, hosts: HostList = ANY_HOST) -> str:
+    """The URL, if the server may POST handovers to it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1/": an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, f"signalFinishURL {url!r} is not an absolute http(s) URL")
+    if not hosts.allows(parts.hostname):
+        raise ApiError(
+            400,
+            f"signalFinishURL host {shown(parts.hostname)} is not in "
+            f"{describe('finish_url_hosts')}",
+        )
     return url
 
 
 class NewUpload(BackendCall):
     """Issue a ticket; answer its id."""
 
+    def __init__(self, registry, settings, guard: BackendGuard):
+        super().__init__(registry, settings, guard)
+        self._hosts = HostList(settings.finish_url_hosts)
+
     def call(self, params):
         limit = self._settings.max_uploads
         if limit and self._registry.open_count() >= limit:
             raise ApiError(503, f"too many open uploads ({limit}); try again later")
-        url = check_finish_url(params.required("signalFinishURL"))
+        url = check_finish_url(params.required("signalFinishURL"), self._hosts)
         dest_type = params.optional("destType", "file")
         if dest_type != "file":
             raise ApiError(400, f"destType {dest_type!r} is not supported (only 'file')")
@@ -233,7 +291,7 @@ class FinishUpload(BackendCall):
 
 def backend_api(registry, settings) -> Resource:
     """The /incoming/0.1/backend/ folder."""
-    guard = BackendGuard(settings.backend_allow, settings.backend_token)
+    guard = BackendGuard(settings.backend_allow, settings.backend_token, settings.backend_origins)
     folder = Resource()
     for name, call in (
         (b"new_upload", NewUpload),

@@ -17,6 +17,8 @@ from typing import Any
 import attr
 import yaml
 
+from .hostlist import HostList
+
 
 class ConfigError(ValueError):
     """A setting has a wrong type or an impossible value; the text names it."""
@@ -44,8 +46,10 @@ class Settings:
     max_uploads: int = 100_000
     allowed_origins: tuple = ()
     backend_allow: tuple = ()
+    backend_origins: tuple = ()  # empty: every call from a web page is refused
     backend_token: str = attr.ib(default="", repr=False)
     backend_ca: str = ""
+    finish_url_hosts: tuple = ()  # empty: a signalFinishURL may name any host
 
     @property
     def chunk_size(self) -> int:
@@ -163,6 +167,20 @@ def parse_networks(value) -> tuple:
     return networks
 
 
+def _checked(value, check: Callable[[Any], object], errors: type[Exception]):
+    """``value``, once ``check(value)`` has passed; its error stops start-up."""
+    try:
+        check(value)
+    except errors as e:
+        raise ConfigError(str(e)) from None
+    return value
+
+
+def parse_hosts(value) -> tuple:
+    """A list for HostList; a bad entry stops start-up, named."""
+    return _checked(parse_list(value), HostList, ValueError)
+
+
 def parse_secret(value) -> str:
     if not isinstance(value, str):
         raise ConfigError("is not a string")
@@ -179,12 +197,7 @@ def parse_ca_file(value) -> str:
     """A PEM file of CA certificates; read now, so a bad one stops start-up."""
     from .tls import CertificateError, load_ca_bundle
 
-    path = parse_text(value)
-    try:
-        load_ca_bundle(path)
-    except CertificateError as e:
-        raise ConfigError(str(e)) from None
-    return path
+    return _checked(parse_text(value), load_ca_bundle, CertificateError)
 
 
 def parse_listen(value) -> str:
@@ -359,6 +372,16 @@ SETTINGS = [
         "backend API; empty means any.",
     ),
     Setting(
+        "backend_origins",
+        "backend-origins",
+        "BackendOrigins",
+        parse_origins,
+        "Comma-separated web page origins allowed to call the backend API "
+        "(wildcards allowed: https://*.example.com); empty means none: a call "
+        "with an Origin header, or a Sec-Fetch-Site header other than none, "
+        "is refused (backends send neither).",
+    ),
+    Setting(
         "backend_token",
         "backend-token",
         "BackendToken",
@@ -373,6 +396,16 @@ SETTINGS = [
         "PEM file of the CA certificates that an https signalFinishURL's "
         "certificate must chain to (a private CA); if unset, the system's "
         "trust store. Host names are always checked.",
+    ),
+    Setting(
+        "finish_url_hosts",
+        "finish-url-hosts",
+        "FinishURLHosts",
+        parse_hosts,
+        "Comma-separated hosts a signalFinishURL may name (new_upload answers "
+        "400 for others): host names, *.example.com (any subdomain), IP "
+        "addresses, CIDR ranges (for IP hosts; names are never resolved); any "
+        "port. Empty means any host, as 0.1.",
     ),
 ]
 

@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .backend_api import ApiError, Params, check_finish_url, respond
 from .handover import DONE, WAIT
+from .hostlist import HostList
 from .registry import UnknownUpload
 from .static import FileCache, StaticFolder, frontend_dir, plain_text
 from .upload import TooLate
@@ -78,10 +79,12 @@ class DemoBackend:
 
     _log = Logger()
 
-    def __init__(self, registry, clock, run_blocking):
+    def __init__(self, registry, clock, run_blocking, finish_url_hosts=()):
         self._registry = registry
         self._clock = clock
         self._run_blocking = run_blocking  # a thread pool in production
+        # Its tickets follow --finish-url-hosts, like new_upload's.
+        self.finish_url_hosts = HostList(finish_url_hosts)
         self._secrets: dict[str, str] = {}  # ticket id -> backendSecret, until it ends
         self._records: OrderedDict[str, Received] = OrderedDict()
         self._handovers = 0
@@ -253,7 +256,7 @@ class TicketCall(_DemoCall):
         path = b"/".join(request.prepath[:-1] + [b"handover"]).decode("utf-8")
         if not host or "/" in host or "@" in host:
             raise ApiError(400, "no usable Host header")
-        url = check_finish_url(f"{scheme}://{host}/{path}")
+        url = check_finish_url(f"{scheme}://{host}/{path}", self._backend.finish_url_hosts)
         d = self._backend.new_ticket(url)
         return respond(request, d.addCallback(lambda i: json_response(request, 200, {"id": i})))
 
@@ -303,14 +306,17 @@ class FilesCall(_DemoCall):
         return json_response(request, 200, {"files": self._backend.files()})
 
 
-def demo_resource(registry, clock, run_blocking, cache: FileCache | None = None) -> Resource:
+def demo_resource(
+    registry, clock, run_blocking, cache: FileCache | None = None, finish_url_hosts=()
+) -> Resource:
     """The /demo/ folder: the page from frontend/demo/ and its api/.
 
     ``run_blocking(f, *args)`` runs the hashing (in a thread pool in
-    production) and returns a Deferred.
+    production) and returns a Deferred.  ``finish_url_hosts`` is
+    --finish-url-hosts: the page's Host header names the handover URL.
     """
     _log.warn("demo: serving the demo web app at /demo/; not for a public server")
-    backend = DemoBackend(registry, clock, run_blocking)
+    backend = DemoBackend(registry, clock, run_blocking, finish_url_hosts)
     api = Resource()
     api.putChild(b"ticket", TicketCall(backend))
     api.putChild(b"handover", HandoverCall(backend))

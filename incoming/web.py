@@ -39,7 +39,8 @@ def build_root(
     root = Resource()
     root.putChild(b"incoming", incoming)
     if demo:
-        root.putChild(b"demo", demo_resource(registry, clock, run_blocking, files))
+        demo_page = demo_resource(registry, clock, run_blocking, files, settings.finish_url_hosts)
+        root.putChild(b"demo", demo_page)
     operations_pages(root, settings, None if settings.metrics_listen else metrics)
     return root
 

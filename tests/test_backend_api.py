@@ -10,6 +10,7 @@ Everything is synchronous: no reactor, no sleeping.
 from __future__ import annotations
 
 import io
+import os
 import uuid
 from urllib.parse import quote
 
@@ -91,19 +92,22 @@ class Answer:
 
 
 class Server:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, **settings):
         self.clock = Clock()
-        self.settings = Settings(storage_dir=str(tmp_path / "storage"))
+        self.storage_dir = tmp_path / "storage"
+        self.settings = Settings(storage_dir=str(self.storage_dir), **settings)
         self.backend = FakeBackend()
         self.site, self.registry = make_site(self.settings, self.clock, StubTreq(self.backend))
         self.client = StubTreq(self.site.resource)
 
-    def request(self, method: str, function: str, params=None, data=None) -> Answer:
-        response = fired(self.client.request(method, BASE + function, params=params, data=data))
+    def request(self, method: str, function: str, params=None, data=None, headers=None) -> Answer:
+        response = fired(
+            self.client.request(method, BASE + function, params=params, data=data, headers=headers)
+        )
         return Answer(response, fired(response.text("utf-8")))
 
-    def post(self, function: str, params=None, data=None) -> Answer:
-        return self.request("POST", function, params=params, data=data)
+    def post(self, function: str, params=None, data=None, headers=None) -> Answer:
+        return self.request("POST", function, params=params, data=data, headers=headers)
 
     def new_upload(self, **values) -> str:
         values.setdefault("signalFinishURL", BACKEND_URL)
@@ -200,6 +204,7 @@ def test_new_upload_without_signal_finish_url_is_400(server):
         "file:///etc/passwd",
         "javascript:alert(1)",
         "http://",
+        "http://[::1/hand_over",  # urlsplit raises on it
     ],
 )
 def test_new_upload_with_relative_or_non_http_url_is_400(server, url):
@@ -248,6 +253,60 @@ def test_remove_file_when_finished_other_words_are_400(server, spelling):
     )
     assert_error(answer, 400)
     assert len(server.registry) == 0
+
+
+# ---- --finish-url-hosts ---------------------------------------------------------
+
+
+FINISH_URL_HOSTS = ("backend.example", "*.apps.example", "10.1.0.0/16", "2001:db8::/32")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://backend.example/hand_over",
+        "https://BACKEND.example.:8443/hand_over",  # any case, any port, a final dot
+        "http://web-3.apps.example/hand_over",
+        "http://a.b.apps.example/hand_over",
+        "http://10.1.200.3:8000/hand_over",
+        "http://[2001:db8::7]/hand_over",
+    ],
+)
+def test_a_signal_finish_url_on_an_allowed_host_gets_a_ticket(tmp_path, url):
+    server = Server(tmp_path, finish_url_hosts=FINISH_URL_HOSTS)
+    ticket = server.new_upload(signalFinishURL=url)
+    assert server.registry.get(ticket).ticket.signal_finish_url == url
+
+
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        ("http://metadata.internal/latest", "metadata.internal"),
+        ("http://backend.example.evil/x", "backend.example.evil"),
+        ("http://apps.example/x", "apps.example"),  # the wildcard wants a subdomain
+        ("http://evilapps.example/x", "evilapps.example"),
+        ("http://10.2.0.1/x", "10.2.0.1"),
+        ("http://169.254.169.254/latest/meta-data", "169.254.169.254"),
+        ("http://[::1]:8080/x", "::1"),
+        ("http://[::ffff:10.1.0.1]/x", "::ffff:10.1.0.1"),  # not an IPv4 address
+        ("http://127.1/x", "127.1"),  # a name, never resolved: not 127.0.0.1
+    ],
+)
+def test_a_signal_finish_url_on_another_host_is_400_naming_it(tmp_path, url, host):
+    server = Server(tmp_path, finish_url_hosts=FINISH_URL_HOSTS)
+    answer = server.post("new_upload", data={"signalFinishURL": url})
+    assert_error(answer, 400)
+    assert answer.text == (
+        f"signalFinishURL host '{host}' is not in --finish-url-hosts (FinishURLHosts)\n"
+    )
+    assert_nothing_created(server)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest", "http://[::1]:8080/x", "https://anything.example/"]
+)
+def test_without_finish_url_hosts_any_host_gets_a_ticket(server, url):
+    assert server.registry.get(server.new_upload(signalFinishURL=url)) is not None
 
 
 # ---- cancel_upload ----------------------------------------------------------
@@ -449,6 +508,114 @@ def test_get_is_405_with_allow_post(server, function):
     assert_error(answer, 405)
     assert answer.header("allow") == "POST"
     assert len(server.registry) == 0
+
+
+# ---- calls from web pages ------------------------------------------------------
+
+
+EVIL_PAGE = "https://evil.example"
+
+
+def assert_refused_as_web_page(answer: Answer, marker: str) -> None:
+    """403, saying why and which setting would allow it."""
+    assert_error(answer, 403)
+    assert "from a web page" in answer.text and marker in answer.text, answer
+    assert "--backend-origins (BackendOrigins)" in answer.text, answer
+
+
+def assert_nothing_created(server: Server) -> None:
+    assert len(server.registry) == 0
+    assert server.registry.open_count() == 0
+    assert os.listdir(server.storage_dir) == [], "a record or file was stored"
+    assert server.backend.calls == []
+
+
+@pytest.mark.parametrize(
+    "headers, marker",
+    [
+        # A form on another site, posted by a visitor's browser (no preflight).
+        ({"Origin": EVIL_PAGE, "Sec-Fetch-Site": "cross-site"}, f"Origin '{EVIL_PAGE}'"),
+        ({"Origin": EVIL_PAGE}, f"Origin '{EVIL_PAGE}'"),
+        # A sandboxed frame or a file:// page.
+        ({"Origin": "null"}, "Origin 'null'"),
+        # The server's own origin, as a DNS-rebinding page has it.
+        ({"Origin": "http://incoming.example"}, "Origin 'http://incoming.example'"),
+        ({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site 'cross-site'"),
+        ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site 'same-site'"),
+        ({"Sec-Fetch-Site": "same-origin"}, "Sec-Fetch-Site 'same-origin'"),
+    ],
+)
+def test_new_upload_from_a_web_page_is_403_and_creates_nothing(server, headers, marker):
+    answer = server.post("new_upload", data={"signalFinishURL": BACKEND_URL}, headers=headers)
+    assert_refused_as_web_page(answer, marker)
+    assert_nothing_created(server)
+
+
+@pytest.mark.parametrize("function", ["cancel_upload", "finish_upload"])
+def test_cancel_and_finish_from_a_web_page_are_403_and_change_nothing(server, function):
+    ticket = server.new_upload(backendSecret=SECRET)
+    server.backend.answer = "wait"
+    if function == "finish_upload":
+        server.upload_file(ticket)
+    state = server.registry.get(ticket).state
+    calls = list(server.backend.calls)
+    answer = server.post(
+        function, data={"id": ticket, "backendSecret": SECRET}, headers={"Origin": EVIL_PAGE}
+    )
+    assert_refused_as_web_page(answer, f"Origin '{EVIL_PAGE}'")
+    assert server.registry.get(ticket).state == state
+    assert server.backend.calls == calls
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Sec-Fetch-Site": "none"},  # typed by the user: no page asked for it
+        {"Sec-Fetch-Mode": "cors"},  # what Node's fetch sends from a backend
+    ],
+)
+def test_calls_without_browser_markers_are_answered_as_before(server, headers):
+    answer = server.post("new_upload", data={"signalFinishURL": BACKEND_URL}, headers=headers)
+    assert answer.code == 200, answer
+    assert server.registry.get(answer.text) is not None
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://admin.example.com", "https://uploads.example.org"]
+)
+def test_a_listed_origin_may_call_the_backend_api(tmp_path, origin):
+    server = Server(
+        tmp_path, backend_origins=("https://admin.example.com", "https://*.example.org")
+    )
+    headers = {"Origin": origin, "Sec-Fetch-Site": "cross-site"}
+    answer = server.post("new_upload", data={"signalFinishURL": BACKEND_URL}, headers=headers)
+    assert answer.code == 200, answer
+    assert_ok(server.post("cancel_upload", data={"id": answer.text}, headers=headers))
+    assert server.registry.get(answer.text).state == "cancelled"
+
+
+def test_an_unlisted_origin_is_refused_when_others_are_listed(tmp_path):
+    server = Server(tmp_path, backend_origins=("https://*.example.org",))
+    for origin in ("https://example.org", "http://app.example.org", "https://example.org.evil"):
+        answer = server.post(
+            "new_upload", data={"signalFinishURL": BACKEND_URL}, headers={"Origin": origin}
+        )
+        assert_refused_as_web_page(answer, f"Origin '{origin}'")
+    assert_nothing_created(server)
+
+
+def test_a_refused_web_page_call_is_logged_with_its_origin_cut_short(server, log_events):
+    origin = "https://" + "a" * 500 + ".example"
+    answer = server.post(
+        "new_upload", data={"signalFinishURL": BACKEND_URL}, headers={"Origin": origin}
+    )
+    assert_error(answer, 403)
+    assert origin not in answer.text  # cut short in the answer too
+    texts = [formatEvent(e) for e in log_events]
+    refusals = [t for t in texts if "refused a call from a web page" in t]
+    assert len(refusals) == 1, texts
+    assert "https://aaaa" in refusals[0] and origin not in refusals[0]
 
 
 # ---- secrets stay out of the logs --------------------------------------------

@@ -48,8 +48,10 @@ HELP_DEFAULTS = {
     "max_uploads": "100000",
     "allowed_origins": "none",
     "backend_allow": "none",
+    "backend_origins": "none",
     "backend_token": "none",
     "backend_ca": "the system's trust store",
+    "finish_url_hosts": "none",
 }
 
 ALL_KEYS_YAML = """\
@@ -380,3 +382,52 @@ def test_fsync_levels(level):
 def test_unknown_fsync_level_is_refused():
     with pytest.raises(UsageError, match="--fsync"):
         settings("--fsync", "sometimes")
+
+
+# ---- --backend-origins --------------------------------------------------------
+
+
+def test_backend_origins_default_to_none():
+    assert settings().backend_origins == ()
+
+
+def test_backend_origins_from_flag_and_config_file(tmp_path):
+    flag = settings("--backend-origins", "https://admin.example.com, https://*.example.org")
+    assert flag.backend_origins == ("https://admin.example.com", "https://*.example.org")
+    path = write_config(tmp_path, "BackendOrigins: [https://admin.example.com]\n")
+    assert settings("--config", path).backend_origins == ("https://admin.example.com",)
+
+
+def test_a_backend_origin_without_scheme_stops_start_up_naming_it(tmp_path):
+    message = usage_error("--backend-origins", "admin.example.com")
+    assert "--backend-origins" in message and "'admin.example.com'" in message
+    path = write_config(tmp_path, "BackendOrigins: https://ok.example, null\n")
+    message = usage_error("--config", path)
+    assert "BackendOrigins" in message and "'null'" in message
+
+
+# ---- --finish-url-hosts ---------------------------------------------------------
+
+
+def test_finish_url_hosts_default_to_any():
+    assert settings().finish_url_hosts == ()
+
+
+def test_finish_url_hosts_from_flag_and_config_file(tmp_path):
+    entries = ("backend.example", "*.apps.example", "10.0.0.0/8", "192.0.2.7", "::1")
+    assert settings("--finish-url-hosts", ",".join(entries)).finish_url_hosts == entries
+    path = write_config(tmp_path, "FinishURLHosts: [backend.example, 10.0.0.0/8]\n")
+    assert settings("--config", path).finish_url_hosts == ("backend.example", "10.0.0.0/8")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["backend.example:8000", "http://backend.example", "*", "*.", "a..b", "x.*.example",
+     "10.0.0", "10.0.0.0/33", "[::1]", "-backend.example"],
+)
+def test_a_bad_finish_url_host_stops_start_up_naming_it(tmp_path, entry):
+    message = usage_error("--finish-url-hosts", f"backend.example,{entry}")
+    assert "--finish-url-hosts" in message and repr(entry) in message
+    path = write_config(tmp_path, f"FinishURLHosts: ['{entry}']\n")
+    message = usage_error("--config", path)
+    assert "FinishURLHosts" in message and repr(entry) in message

@@ -93,10 +93,11 @@ class Answer:
 
 
 class DemoServer:
-    def __init__(self, tmp_path, demo_on=True):
+    def __init__(self, tmp_path, demo_on=True, **settings):
         self.clock = Clock()
         self.worker = Worker()
-        self.settings = Settings(storage_dir=str(tmp_path / "storage"), chunk_size_kb=1)
+        self.settings = Settings(storage_dir=str(tmp_path / "storage"), chunk_size_kb=1,
+                                 **settings)
         self.storage = tmp_path / "storage"
         tree = Resource()  # filled below: the server's client reaches its own tree
         self.server_http = StubTreq(tree)
@@ -188,6 +189,19 @@ def test_the_page_and_its_files(server):
 
 
 # ---- tickets --------------------------------------------------------------------
+
+
+def test_demo_tickets_follow_finish_url_hosts(tmp_path):
+    """The page's Host header names the handover URL; --finish-url-hosts
+    bounds it as it bounds new_upload's signalFinishURL."""
+    server = DemoServer(tmp_path / "allowed", finish_url_hosts=("demo.example",))
+    assert server.registry.get(server.ticket()) is not None
+    server = DemoServer(tmp_path / "refused", finish_url_hosts=("backend.example",))
+    answer = server.request("POST", API + "ticket")
+    assert answer.code == 400, answer
+    assert answer.body == (b"signalFinishURL host 'demo.example' is not in "
+                           b"--finish-url-hosts (FinishURLHosts)\n")
+    assert len(server.registry) == 0
 
 
 def test_a_ticket_hands_over_to_the_demo_on_the_host_the_browser_used(server):
