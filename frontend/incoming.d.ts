@@ -27,7 +27,7 @@ declare namespace incoming {
         readonly SERVER_ERROR: 8;
         /** A cancel came too late: the file is being handed over. */
         readonly TOO_LATE: 9;
-        /** The server has no room for the rest of the file; a new Uploader may try later. */
+        /** The server has no room for the rest of the file now; the library retries by itself. */
         readonly NO_SPACE: 10;
         /** The browser could not read the file (detected by the library). */
         readonly FILE_READ_ERROR: 11;

@@ -45,14 +45,16 @@
         HANDOVER_FAILED: 7,  // the server could not hand the file to the backend
         SERVER_ERROR: 8,     // the server could not store the file
         TOO_LATE: 9,         // cancel refused: the file is being handed over
-        NO_SPACE: 10,        // the server has no room for the file (try later)
+        NO_SPACE: 10,        // the server has no room for the file now (retried)
         FILE_READ_ERROR: 11  // the browser could not read the file (ours, not the server's)
     };
 
-    // Errors after which retrying cannot help.
+    // Errors that are retried: the server closes after them and the
+    // reconnect (with backoff) tries again; every other code ends the upload.
     var TRANSIENT = {};
     TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
+    TRANSIENT[ERROR.NO_SPACE] = true;     // the server's disk is full; it keeps what it has
 
     // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
     var FEATURES = ["byte-window", "takeover"];
