@@ -15,7 +15,7 @@ declare namespace incoming {
         readonly UNKNOWN_UPLOAD: 2;
         /** Another connection uploads this file; the library retries by itself. */
         readonly UPLOAD_BUSY: 3;
-        /** The file's size differs from the one announced on the first connection. */
+        /** The file is not the one this upload started with: size, name, date or bytes differ. */
         readonly FILE_CHANGED: 4;
         /** The file is larger than the server accepts. */
         readonly FILE_TOO_LARGE: 5;

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 
 import {
-    load, makeFile, watch, flush, started, ackUntilIdle, expectedBytes, LIBRARY_PATH, KiB, MiB,
+    load, makeFile, watch, flush, started, ackUntilIdle, expectedBytes, LIBRARY_PATH, LAST_MODIFIED, KiB, MiB,
 } from "./harness.mjs";
 
 const WS_PATH = "/incoming/0.1/frontend/upload_ws";
@@ -72,7 +72,7 @@ test("before start(): the documented initial values, and nothing is connected", 
     assert.equal(page.sockets.length, 0);
 });
 
-test("start() connects once and sends MsgUploadReq with the ticket, size, name and Features", () => {
+test("start() connects once and sends MsgUploadReq with the ticket, size, name, Features and LastModified", () => {
     const page = load();
     const up = new page.incoming.Uploader("ticket-1", makeFile(12345, { name: "a b.txt" }));
     const events = watch(up);
@@ -90,7 +90,10 @@ test("start() connects once and sends MsgUploadReq with the ticket, size, name a
     ws.open();
     assert.deepEqual(ws.messages(), [{
         MsgType: "MsgUploadReq",
-        MsgData: { Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt", Features: ["byte-window", "takeover"] },
+        MsgData: {
+            Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt",
+            Features: ["byte-window", "takeover", "fingerprint"], LastModified: LAST_MODIFIED,
+        },
     }]);
 });
 
