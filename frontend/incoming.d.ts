@@ -15,7 +15,7 @@ declare namespace incoming {
         readonly UNKNOWN_UPLOAD: 2;
         /** Another connection uploads this file; the library retries by itself. */
         readonly UPLOAD_BUSY: 3;
-        /** The file's size differs from the one announced on the first connection. */
+        /** The file is not the one this upload started with: size, name, date or bytes differ. */
         readonly FILE_CHANGED: 4;
         /** The file is larger than the server accepts. */
         readonly FILE_TOO_LARGE: 5;
@@ -27,7 +27,7 @@ declare namespace incoming {
         readonly SERVER_ERROR: 8;
         /** A cancel came too late: the file is being handed over. */
         readonly TOO_LATE: 9;
-        /** The server has no room for the rest of the file; a new Uploader may try later. */
+        /** The server has no room for the rest of the file now; the library retries by itself. */
         readonly NO_SPACE: 10;
         /** The browser could not read the file (detected by the library). */
         readonly FILE_READ_ERROR: 11;

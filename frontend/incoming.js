@@ -17,7 +17,9 @@
  * that answers the "byte-window" feature it sizes the bytes in flight to the
  * link (from the round-trip times of its acks) instead of a fixed number of
  * chunks, so long links fill up; with the "takeover" feature a reconnect
- * replaces its own dead connection within about a second.
+ * replaces its own dead connection within about a second; with the
+ * "fingerprint" feature it proves, by the SHA-256 of a sample of the bytes
+ * the server holds, that it resumes with the same file.
  */
 (function (root, factory) {
     "use strict";
@@ -39,24 +41,27 @@
         PROTOCOL: 1,         // the server did not understand us, or we it
         UNKNOWN_UPLOAD: 2,   // no such upload ticket (never issued, or long gone)
         UPLOAD_BUSY: 3,      // another connection uploads this file (retried)
-        FILE_CHANGED: 4,     // the file's size changed since the first connection
+        FILE_CHANGED: 4,     // the file is not the one this upload started with: size, name, date or bytes differ
         FILE_TOO_LARGE: 5,   // the file is larger than the server accepts
         CANCELLED: 6,        // the upload was cancelled (backend, timeout, ...)
         HANDOVER_FAILED: 7,  // the server could not hand the file to the backend
         SERVER_ERROR: 8,     // the server could not store the file
         TOO_LATE: 9,         // cancel refused: the file is being handed over
-        NO_SPACE: 10,        // the server has no room for the file (try later)
+        NO_SPACE: 10,        // the server has no room for the file now (retried)
         FILE_READ_ERROR: 11  // the browser could not read the file (ours, not the server's)
     };
 
-    // Errors after which retrying cannot help.
+    // Errors that are retried: the server closes after them and the
+    // reconnect (with backoff) tries again; every other code ends the upload.
     var TRANSIENT = {};
     TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
+    TRANSIENT[ERROR.NO_SPACE] = true;     // the server's disk is full; it keeps what it has
 
     // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
-    var FEATURES = ["byte-window", "takeover"];
+    var FEATURES = ["byte-window", "takeover", "fingerprint"];
     var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
+    var MAX_SAMPLE = 64 * 1024;  // most bytes a MsgUploadConf Sample may ask for
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
     var MAX_RETRY_S = 30;
 
@@ -186,14 +191,22 @@
         this._ws = ws;
         this._update("connecting");
         ws.onopen = function () {
-            if (ws === self._ws) {
-                self._send(ws, "MsgUploadReq", {
-                    Id: self.upload_id,
-                    LengthBytes: self.bytes_total,
-                    Name: self.filename,
-                    Features: FEATURES
-                });
+            if (ws !== self._ws) {
+                return;
             }
+            var request = {
+                Id: self.upload_id,
+                LengthBytes: self.bytes_total,
+                Name: self.filename,
+                Features: FEATURES
+            };
+            // With the name and size, what a "fingerprint" server checks
+            // before it lets this file resume its bytes (whole milliseconds).
+            var modified = self._file.lastModified;
+            if (typeof modified === "number" && isFinite(modified)) {
+                request.LastModified = Math.floor(modified);
+            }
+            self._send(ws, "MsgUploadReq", request);
         };
         ws.onmessage = function (event) {
             if (ws === self._ws) {
@@ -291,11 +304,45 @@
     };
 
     Uploader.prototype._onUploadConf = function (ws, body) {
+        var self = this;
         var pos = Number(body.FilePos);
+        var sample = body.Sample;
         if (!(pos >= 0 && pos <= this.bytes_total) || !(body.ChunkSizeKB > 0) || !(body.SendAhead > 0)) {
             this._protocolError(ws, "invalid MsgUploadConf");
             return;
         }
+        if (sample === undefined || sample === null) {
+            this._accepted(ws, body, pos, {Ack: true});
+            return;
+        }
+        if (!validSample(sample, pos)) {
+            this._protocolError(ws, "invalid Sample in MsgUploadConf");
+            return;
+        }
+        // The server holds bytes of this upload ("fingerprint" feature) and
+        // asks for the SHA-256 of some of them, to tell whether this is still
+        // the same file. Nothing goes on this connection before the answer,
+        // and nothing at all if the connection is lost, paused, ended or
+        // replaced by the time it is ready.
+        readSlice(this._file.slice(sample.Offset, sample.Offset + sample.Length), function (error, buffer) {
+            if (ws !== self._ws) {
+                return;
+            }
+            if (error) {
+                self._readError(ws, error);
+                return;
+            }
+            self._digestHex(buffer, function (digest) {
+                if (ws === self._ws) {
+                    self._accepted(ws, body, pos, {Ack: true, Sample: digest});
+                }
+            });
+        });
+    };
+
+    // The server accepted the upload on `ws`: answer MsgAck (`ack`), then send
+    // a cancel that is waiting, or the file from `pos` on.
+    Uploader.prototype._accepted = function (ws, body, pos, ack) {
         this._chunkSize = body.ChunkSizeKB * 1024;
         this._sendAhead = body.SendAhead;
         this._windowMax = body.WindowBytes > 0 ? Math.max(body.WindowBytes, this._chunkSize) : 0;
@@ -307,7 +354,7 @@
         this.bytes_tx = pos;
         this.chunks_tx_now = 0;
         this.chunks_acked_now = 0;
-        this._send(ws, "MsgAck", {Ack: true});
+        this._send(ws, "MsgAck", ack);
         if (this._cancelReason !== null && pos < this.bytes_total) {
             this._send(ws, "MsgCancel", {Reason: this._cancelReason});
             this._update("cancelling");
@@ -342,6 +389,18 @@
         }
         this._fail(code, text);
     };
+
+    // A MsgUploadConf Sample: {Offset, Length}, integers, of bytes the server
+    // holds (below FilePos).
+    function validSample(sample, pos) {
+        return typeof sample === "object" && isInteger(sample.Offset) && isInteger(sample.Length) &&
+            sample.Offset >= 0 && sample.Length > 0 && sample.Length <= MAX_SAMPLE &&
+            sample.Offset + sample.Length <= pos;
+    }
+
+    function isInteger(value) {
+        return typeof value === "number" && isFinite(value) && Math.floor(value) === value;
+    }
 
     Uploader.prototype._protocolError = function (ws, text) {
         this._send(ws, "MsgError", {ErrorCode: ERROR.PROTOCOL, Msg: text});
@@ -435,13 +494,17 @@
                 return;
             }
             if (error) {
-                self._send(ws, "MsgError", {ErrorCode: ERROR.FILE_READ_ERROR, Msg: error});
-                self._fail(ERROR.FILE_READ_ERROR, "cannot read the file: " + error);
+                self._readError(ws, error);
                 return;
             }
             self._blocks.push({start: from, buffer: buffer});
             self._pump(ws);
         });
+    };
+
+    Uploader.prototype._readError = function (ws, error) {
+        this._send(ws, "MsgError", {ErrorCode: ERROR.FILE_READ_ERROR, Msg: error});
+        this._fail(ERROR.FILE_READ_ERROR, "cannot read the file: " + error);
     };
 
     function readSlice(blob, done) {
@@ -456,6 +519,77 @@
         reader.onload = function () { done(null, reader.result); };
         reader.onerror = function () { done(String(reader.error && reader.error.message)); };
         reader.readAsArrayBuffer(blob);
+    }
+
+    // ---- SHA-256 -------------------------------------------------------------
+
+    // The lowercase hex SHA-256 of an ArrayBuffer, to done(hex): by
+    // crypto.subtle where the page has it, by sha256() below where it has not
+    // (crypto.subtle exists only in secure contexts: https: and localhost) or
+    // where it fails. A method rather than a function so that the tests can
+    // reach it.
+    Uploader.prototype._digestHex = function (buffer, done) {
+        var subtle = root.crypto && root.crypto.subtle;
+        var ours = function () { done(hex(sha256(new Uint8Array(buffer)))); };
+        if (!subtle) {
+            ours();
+            return;
+        }
+        subtle.digest("SHA-256", buffer).then(function (digest) { done(hex(new Uint8Array(digest))); }, ours);
+    };
+
+    var SHA256_K = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2
+    ];
+
+    function ror(x, n) {
+        return (x >>> n) | (x << (32 - n));
+    }
+
+    // SHA-256 (FIPS 180-4) of a Uint8Array below 512 MiB: the digest, 32 bytes.
+    function sha256(bytes) {
+        var H = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+        var w = [];
+        // The message, 0x80, zeros, and its length in bits (64 bits, big-endian;
+        // the high 32 are 0 below 512 MiB), to a multiple of 64 bytes.
+        var padded = new Uint8Array((bytes.length + 72) & ~63);
+        var view = new DataView(padded.buffer);
+        padded.set(bytes);
+        padded[bytes.length] = 0x80;
+        view.setUint32(padded.length - 4, bytes.length * 8);
+        for (var block = 0; block < padded.length; block += 64) {
+            var a = H[0], b = H[1], c = H[2], d = H[3], e = H[4], f = H[5], g = H[6], h = H[7];
+            for (var i = 0; i < 64; i++) {
+                if (i < 16) {
+                    w[i] = view.getInt32(block + 4 * i);
+                } else {
+                    var x = w[i - 15], y = w[i - 2];
+                    w[i] = (w[i - 16] + (ror(x, 7) ^ ror(x, 18) ^ (x >>> 3)) +
+                            w[i - 7] + (ror(y, 17) ^ ror(y, 19) ^ (y >>> 10))) | 0;
+                }
+                var t1 = h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + SHA256_K[i] + w[i];
+                var t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+                h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+            }
+            [a, b, c, d, e, f, g, h].forEach(function (value, j) { H[j] = (H[j] + value) | 0; });
+        }
+        H.forEach(function (word, j) { view.setInt32(4 * j, word); });  // over the padded message
+        return padded.subarray(0, 32);
+    }
+
+    function hex(bytes) {
+        var out = "";
+        for (var i = 0; i < bytes.length; i++) {
+            out += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+        }
+        return out;
     }
 
     // ---- endings -------------------------------------------------------------

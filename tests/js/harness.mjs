@@ -7,13 +7,17 @@
 //   WebSocket  FakeWebSocket: records the frames the library sends (JSON text
 //              messages parsed, binary chunks copied) and lets the test play
 //              the server (open, deliver a message, close with a code).
-//   File       makeFile(): a Blob-like object with name, size, slice() and
-//              arrayBuffer() (or FileReader, the library's fallback), whose
-//              bytes are a known pattern, so chunks can be checked.
+//   File       makeFile(): a Blob-like object with name, size, lastModified,
+//              slice() and arrayBuffer() (or FileReader, the library's
+//              fallback), whose bytes are a known pattern, so chunks can be
+//              checked.
+//   crypto     Node's WebCrypto (crypto.subtle.digest), or what the test
+//              gives (none: a plain-http page), with the digests recorded.
 //   timers     FakeClock: setTimeout/clearTimeout, performance.now and
 //              Date.now move only when the test says so.
 //   random     Math.random returns what the test sets (for the jitter).
 
+import { webcrypto } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import vm from "node:vm";
@@ -110,9 +114,13 @@ export function expectedBytes(start, end) {
  *   api: "arrayBuffer" (Blob.arrayBuffer, the default) or "FileReader"
  *        (slices without arrayBuffer, read by the FakeFileReader)
  *   failAt: reading a slice that contains this offset fails
+ *   lastModified: ms since the epoch (null: no such property, as a Blob)
  * `file.reads` records [start, end) of every read.
  */
-export function makeFile(size, { name = "test.bin", api = "arrayBuffer", failAt = null } = {}) {
+export const LAST_MODIFIED = 1714000000123;
+
+export function makeFile(size, { name = "test.bin", api = "arrayBuffer", failAt = null,
+                                 lastModified = LAST_MODIFIED } = {}) {
     const reads = [];
     function blob(start, end) {
         const b = {
@@ -145,6 +153,9 @@ export function makeFile(size, { name = "test.bin", api = "arrayBuffer", failAt 
     }
     const file = blob(0, size);
     file.name = name;
+    if (lastModified !== null) {
+        file.lastModified = lastModified;
+    }
     file.reads = reads;
     return file;
 }
@@ -242,9 +253,10 @@ export class FakeWebSocket {
     }
 
     /** MsgUploadConf with the 0.1 defaults unless given. */
-    conf({ FilePos = 0, ChunkSizeKB = 1, SendAhead = 4, WindowBytes } = {}) {
+    conf({ FilePos = 0, ChunkSizeKB = 1, SendAhead = 4, WindowBytes, Sample } = {}) {
         const data = { ChunkSizeKB, FilePos, SendAhead };
         if (WindowBytes !== undefined) data.WindowBytes = WindowBytes;
+        if (Sample !== undefined) data.Sample = Sample;
         this.deliver("MsgUploadConf", data);
     }
 
@@ -315,10 +327,24 @@ export class FakeWebSocket {
  *   clock     the FakeClock
  *   random    {values: [...] (used first, in order), fallback: 0.5, calls}
  *   errors    what the library logged with console.error
+ *   digests   the promises crypto.subtle.digest returned, in order
  *   ws()      the newest socket
+ *   settle()  lets the file reads and digests under way finish
+ * `crypto` is the page's crypto: Node's WebCrypto unless given; {} is what a
+ * plain-http page has (no crypto.subtle), null none at all.
  */
 export function load({ location = { protocol: "http:", host: "page.example:8080" },
-                       FileReader = FakeFileReader, WebSocketClass = null } = {}) {
+                       FileReader = FakeFileReader, WebSocketClass = null, crypto = webcrypto } = {}) {
+    const digests = [];
+    const pageCrypto = crypto && {
+        subtle: crypto.subtle && {
+            digest(algorithm, data) {
+                const digest = crypto.subtle.digest(algorithm, data);
+                digests.push(digest);
+                return digest;
+            },
+        },
+    };
     const sockets = [];
     const clock = new FakeClock();
     const random = { values: [], fallback: 0.5, calls: 0 };
@@ -333,6 +359,7 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
         setTimeout: clock.setTimeout,
         clearTimeout: clock.clearTimeout,
         performance: { now: () => clock.now },
+        crypto: pageCrypto || undefined,
         console: { error: (...args) => errors.push(args), log() {}, warn() {} },
     };
     const context = vm.createContext(sandbox);
@@ -352,8 +379,19 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
         clock,
         random,
         errors,
+        digests,
         context,
         ws() { return sockets[sockets.length - 1]; },
+        async settle() {
+            await flush();
+            let seen = 0;
+            while (seen < digests.length) {
+                const pending = digests.slice(seen);
+                seen = digests.length;
+                await Promise.allSettled(pending);
+                await flush();
+            }
+        },
     };
 }
 
@@ -388,10 +426,11 @@ export function watch(uploader) {
 
 /**
  * A started uploader of a file of `size` bytes whose first connection is open
- * and confirmed with `conf` (chunks of 1 KiB, 4 ahead unless given), after the
- * first read. Returns {page, up, ws, file, events}.
+ * and has just got MsgUploadConf `conf` (chunks of 1 KiB, 4 ahead unless
+ * given); what it does about it (file reads, the digest of a Sample) has not
+ * run yet. Returns {page, up, ws, file, events}.
  */
-export async function started(size, conf = {}, { fileOptions = {}, loadOptions = {} } = {}) {
+export function confirming(size, conf = {}, { fileOptions = {}, loadOptions = {} } = {}) {
     const page = load(loadOptions);
     const file = makeFile(size, fileOptions);
     const up = new page.incoming.Uploader("ticket-1", file);
@@ -400,8 +439,14 @@ export async function started(size, conf = {}, { fileOptions = {}, loadOptions =
     const ws = page.ws();
     ws.open();
     ws.conf(conf);
-    await flush();
     return { page, up, ws, file, events };
+}
+
+/** The same, after the first read (and the digest of a Sample). */
+export async function started(size, conf = {}, options = {}) {
+    const result = confirming(size, conf, options);
+    await result.page.settle();
+    return result;
 }
 
 /**

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 
 import {
-    load, makeFile, watch, flush, started, ackUntilIdle, expectedBytes, LIBRARY_PATH, KiB, MiB,
+    load, makeFile, watch, flush, started, ackUntilIdle, expectedBytes, LIBRARY_PATH, LAST_MODIFIED, KiB, MiB,
 } from "./harness.mjs";
 
 const WS_PATH = "/incoming/0.1/frontend/upload_ws";
@@ -72,7 +72,7 @@ test("before start(): the documented initial values, and nothing is connected", 
     assert.equal(page.sockets.length, 0);
 });
 
-test("start() connects once and sends MsgUploadReq with the ticket, size, name and Features", () => {
+test("start() connects once and sends MsgUploadReq with the ticket, size, name, Features and LastModified", () => {
     const page = load();
     const up = new page.incoming.Uploader("ticket-1", makeFile(12345, { name: "a b.txt" }));
     const events = watch(up);
@@ -90,7 +90,10 @@ test("start() connects once and sends MsgUploadReq with the ticket, size, name a
     ws.open();
     assert.deepEqual(ws.messages(), [{
         MsgType: "MsgUploadReq",
-        MsgData: { Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt", Features: ["byte-window", "takeover"] },
+        MsgData: {
+            Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt",
+            Features: ["byte-window", "takeover", "fingerprint"], LastModified: LAST_MODIFIED,
+        },
     }]);
 });
 
@@ -410,7 +413,7 @@ test("a MsgCancel from the server (the backend cancelled) ends the upload as can
 
 const PERMANENT = [
     ["GENERIC", 0], ["PROTOCOL", 1], ["UNKNOWN_UPLOAD", 2], ["FILE_CHANGED", 4],
-    ["FILE_TOO_LARGE", 5], ["HANDOVER_FAILED", 7], ["SERVER_ERROR", 8], ["NO_SPACE", 10],
+    ["FILE_TOO_LARGE", 5], ["HANDOVER_FAILED", 7], ["SERVER_ERROR", 8],
 ];
 
 async function assertEndsWithError(page, up, ws, events, code, text) {
@@ -506,6 +509,41 @@ test("UPLOAD_BUSY (3) is retried with backoff, without onerror, and the upload t
     await ackUntilIdle(ws);
     ws.deliver("MsgAllDone", { Success: true });
     assert.equal(up.finished, true);
+    assert.deepEqual(events.endings(), ["onfinished"]);
+});
+
+test("NO_SPACE (10), mid-stream or on connecting, is retried with backoff and the upload resumes from FilePos", async () => {
+    const size = 8 * KiB;
+    const { page, up, ws, events } = await started(size);
+    ws.ack(2);  // progress: the next retry is fast
+    ws.deliver("MsgError", { ErrorCode: 10, Msg: "not enough free space on the server" });
+    assert.equal(up.state_msg, "not enough free space on the server");
+    assert.equal(up.error_code, page.incoming.ERROR.NONE);
+    assert.equal(up.error_msg, "");
+    ws.drop(1000);  // the server closes after its MsgError
+    assert.equal(up.connected, false);
+    assert.match(up.state_msg, /^connection lost; retrying in /);
+    assert.deepEqual(events.endings(), []);
+    const delays = [page.clock.runNext()];
+    // Still full when the upload request arrives: the delay grows.
+    let next = page.ws();
+    next.open();
+    next.deliver("MsgError", { ErrorCode: 10, Msg: "not enough free space on the server" });
+    next.drop(1000);
+    assert.equal(up.error_code, page.incoming.ERROR.NONE);
+    delays.push(page.clock.runNext());
+    assert.deepEqual(delays.map((d) => Math.round(d)), [375, 750]);
+    assert.equal(page.sockets.length, 3);
+    // Space again: the server kept what it had stored (one chunk more than it confirmed).
+    next = page.ws();
+    next.open();
+    next.conf({ FilePos: 3 * KiB });
+    assert.equal(up.bytes_acked, 3 * KiB);
+    const data = await ackUntilIdle(next);
+    assert.deepEqual(data, expectedBytes(3 * KiB, size));
+    next.deliver("MsgAllDone", { Success: true });
+    assert.equal(up.finished, true);
+    assert.equal(up.error_code, page.incoming.ERROR.NONE);
     assert.deepEqual(events.endings(), ["onfinished"]);
 });
 

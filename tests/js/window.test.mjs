@@ -45,9 +45,9 @@ async function rounds(page, ws, rtt, count) {
     return after;
 }
 
-test("the upload request announces the byte-window and takeover features", async () => {
+test("the upload request announces the byte-window, takeover and fingerprint features", async () => {
     const { ws } = await started(KiB);
-    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover"]);
+    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint"]);
 });
 
 test("0.1 server (no WindowBytes): never more than SendAhead chunks unacknowledged", async () => {
