@@ -224,6 +224,19 @@ class FolderUpload:
 
         return self._blocking(blocking)
 
+    def read_tail(self, size: int):
+        part, end = self._store._part(self.upload_id), self.size
+
+        def blocking():
+            try:
+                with open(part, "rb") as f:
+                    f.seek(max(0, end - size))
+                    return f.read(min(size, end))
+            except OSError as e:
+                raise StoreError(f"cannot read upload {self.upload_id}: {e.strerror}") from None
+
+        return self._blocking(blocking)
+
     def finish(self, durable: bool):
         fd, self._fd = self._fd, None
         part, final = self._store._part(self.upload_id), self._store.location(self.upload_id)

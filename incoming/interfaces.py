@@ -78,6 +78,10 @@ class IUploadData(Interface):
     def sync() -> Any:
         """Fire once every byte written so far is durable."""
 
+    def read_tail(size: int) -> Any:
+        """Fire with the last ``size`` bytes stored (at most ``size``): what a
+        resuming browser's sample is checked against."""
+
     def finish(durable: bool) -> Any:
         """Seal the data under its final name (durably if asked) and fire
         with its location: what the handover's ``filename`` names."""

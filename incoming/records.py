@@ -41,6 +41,7 @@ class UploadRecord:
     state: str = "created"
     length: int | None = None
     browser_name: str = ""
+    last_modified: int | None = None  # the file's date (ms), from a "fingerprint" client
     touched_at: float = 0.0
     waiting_since: float | None = None
     sha256: str | None = None
@@ -65,6 +66,7 @@ _TYPES: dict[str, Any] = {
     "state": str,
     "length": (int, type(None)),
     "browser_name": str,
+    "last_modified": (int, type(None)),
     "touched_at": (int, float),
     "waiting_since": (int, float, type(None)),
     "sha256": (str, type(None)),

@@ -24,6 +24,7 @@ injected clock, HTTP from the injected backend client.
 
 from __future__ import annotations
 
+import hashlib
 from time import perf_counter
 from typing import Any
 
@@ -41,7 +42,7 @@ from .outcome import DONE, FAILED, hand_over
 from .records import LIVENESS_BYTES, LIVENESS_SECONDS, UploadRecord
 from .space import SpacePromises
 from .storage_pool import SerialQueue
-from .wire import ErrorCode
+from .wire import SAMPLE_BYTES, ErrorCode, shown
 
 # Chunks written or hashed but not finished before reading from the browser pauses.
 MAX_BACKLOG = 16
@@ -113,6 +114,9 @@ class Upload:
         self._ended_hook = ended
         self.length: int | None = record.length
         self.browser_name = record.browser_name
+        self.last_modified = record.last_modified
+        self._sampling: dict = {}  # channel -> announced "fingerprint", until bound
+        self._sample: tuple[int, int, str] | None = None  # asked of the bound channel
         self.received = 0  # bytes the data store holds
         self._accepted = 0  # bytes taken from the browser (written or being written)
         self.sha256: str | None = record.sha256
@@ -177,10 +181,20 @@ class Upload:
 
     # ---- public API -------------------------------------------------------
 
-    def connect(self, channel, length: int, name: str, takeover: bool = False) -> None:
+    def connect(
+        self,
+        channel,
+        length: int,
+        name: str,
+        takeover: bool = False,
+        fingerprint: bool = False,
+        last_modified: int | None = None,
+    ) -> None:
         """A browser's MsgUploadReq for this ticket.  With ``takeover`` (a
         client that announced the feature), a bound connection that no longer
-        answers is let go at once instead of after its ping timeout."""
+        answers is let go at once instead of after its ping timeout.  With
+        ``fingerprint``, the file's name and date must be the first
+        connection's, and a resume checks a sample of the bytes stored."""
         limit = self._settings.max_file_size
         if self.length is None and limit and length > limit and self.state == "created":
             reason = f"file of {length} bytes is larger than the limit of {limit} bytes"
@@ -189,16 +203,16 @@ class Upload:
             return
         if self.length is None:
             self.length, self.browser_name = length, name
-        elif length != self.length:
-            channel.fail(
-                ErrorCode.FILE_CHANGED,
-                f"file size {length} differs from the {self.length} bytes "
-                "announced when this upload started",
-            )
-            return
+            self.last_modified = last_modified if fingerprint else None
+        else:
+            changed = self._changed_file(length, name, fingerprint, last_modified)
+            if changed:
+                channel.fail(ErrorCode.FILE_CHANGED, changed)
+                return
         if self.state not in ("created", "paused", "uploading"):
             self._connect(channel)
             return
+        self._sampling[channel] = fingerprint
         busy = self.state == "uploading"  # no space check: the lock decides
         self._connecting[channel] = []  # chunks it sends before it is bound
         d = succeed(True) if busy else self._space_for_the_rest(channel)
@@ -208,8 +222,32 @@ class Upload:
 
     def _connected_or_not(self, channel) -> None:
         self._connecting.pop(channel, None)
+        self._sampling.pop(channel, None)
         if self._channel is None or self.state != "uploading":
             self._space.release(self)  # refused, busy or gone: nothing promised
+
+    def _changed_file(
+        self, length: int, name: str, fingerprint: bool, last_modified: int | None
+    ) -> str | None:
+        """Why this is not the file the upload started with, if it is not."""
+        if length != self.length:
+            return (
+                f"file size {length} differs from the {self.length} bytes "
+                "announced when this upload started"
+            )
+        if not fingerprint:
+            return None  # a 0.1 client: sizes alone, as 0.1
+        if self.browser_name and name != self.browser_name:
+            return (
+                f"file name {shown(name)} differs from {shown(self.browser_name)}, "
+                "the name of the file this upload started with"
+            )
+        if None not in (last_modified, self.last_modified) and last_modified != self.last_modified:
+            return (
+                f"the file's date ({last_modified} ms) differs from that of the file "
+                f"this upload started with ({self.last_modified} ms)"
+            )
+        return None
 
     def _space_for_the_rest(self, channel) -> Deferred:
         """Fire with False (and refuse, without cancelling) when the rest of
@@ -299,6 +337,9 @@ class Upload:
             early.append(data)
             return
         if channel is not self._channel:
+            return
+        if self._sample is not None:  # a fingerprint client must answer first
+            channel.fail(ErrorCode.PROTOCOL, "file data before the MsgAck that answers Sample")
             return
         if len(data) > self._settings.chunk_size:  # the WebSocket layer stops these first
             self.frame_too_large(channel, len(data))
@@ -484,6 +525,7 @@ class Upload:
             state=self.state,
             length=self.length,
             browser_name=self.browser_name,
+            last_modified=self.last_modified,
             touched_at=self._touched_at,
             waiting_since=self._waiting_since,
             sha256=self.sha256,
@@ -575,6 +617,7 @@ class Upload:
 
     def _notify_browser(self, reason, code, reply) -> None:
         channel, self._channel = self._channel, None
+        self._sample = None
         self._space.release(self)
         self._release_lock()
         if channel is None:
@@ -615,9 +658,11 @@ class Upload:
     @_machine.output()
     def _send_conf(self):
         if self._channel is not None:
-            self._channel.send_conf(
-                self._settings.chunk_size_kb, self.received, self._settings.send_ahead
-            )
+            conf = (self._settings.chunk_size_kb, self.received, self._settings.send_ahead)
+            if self._sample is None:
+                self._channel.send_conf(*conf)
+            else:
+                self._channel.send_conf(*conf, sample=self._sample[:2])
         if self.received == self.length:
             self._complete()
 
@@ -646,6 +691,7 @@ class Upload:
     @_machine.output()
     def _unbind(self):
         self._channel = None
+        self._sample = None
         self._space.release(self)
         self._release_lock()
         throttled, self._throttled = self._throttled, None
@@ -748,9 +794,11 @@ class Upload:
 
     @_machine.output()
     def _open_data(self, channel):
-        """Store the record (with the file's size), open the data, then conf."""
+        """Store the record (with the file's size), open the data, take a
+        sample to check (a "fingerprint" client's resume), then conf."""
         accepted_before = self._accepted
         create = False
+        sampling = self._sampling.pop(channel, False)
 
         def opened(data):
             if self.state != "uploading" or self._channel is not channel:  # it left
@@ -777,7 +825,50 @@ class Upload:
 
         d = self._io.run(open_data)
         d.addCallback(opened)
+        if sampling:
+            d.addCallback(lambda bound: bound and self._take_sample(channel))
         d.addCallbacks(lambda bound: bound and self._opened(), self._failed)
+
+    def _take_sample(self, channel) -> Deferred:
+        """Digest the bytes just before FilePos, which the browser must match
+        with its file's; fire with whether the channel is still bound."""
+        pos = self.received
+        if not 0 < pos < (self.length or 0):
+            return succeed(True)
+        size = min(pos, SAMPLE_BYTES)
+
+        def read():
+            if self._data is None:
+                return None
+            return self._data.read_tail(size)
+
+        def taken(sample):
+            if self.state != "uploading" or self._channel is not channel or sample is None:
+                return False  # it left meanwhile
+            self._sample = (pos - size, size, hashlib.sha256(sample).hexdigest())
+            return True
+
+        return self._io.run(read).addCallback(taken)
+
+    def acknowledged(self, channel, sample: str | None) -> None:
+        """The browser's MsgAck; with the Sample digest it was asked for."""
+        if channel is not self._channel or self._sample is None:
+            return
+        (offset, size, digest), self._sample = self._sample, None
+        if sample is None:
+            channel.fail(ErrorCode.PROTOCOL, "MsgAck without the Sample asked for")
+        elif sample != digest:
+            self._log.warn(
+                "upload {id}: refused a different file: its bytes {start}-{end} differ",
+                id=self.ticket.id,
+                start=offset,
+                end=offset + size,
+            )
+            channel.fail(
+                ErrorCode.FILE_CHANGED,
+                f"this is not the file this upload started with: its {size} bytes "
+                f"before byte {offset + size} differ from those stored; nothing was added",
+            )
 
     @_machine.output()
     def _close_data(self):

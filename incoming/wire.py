@@ -11,15 +11,18 @@ frames, one chunk per frame.
 
 Client -> server:
   MsgUploadReq  {Id, LengthBytes, Name,   first message on every connection
-                 Features?}               extensions the client understands
-  MsgAck        {Ack: true}               answers MsgUploadConf
+                 Features?,               extensions the client understands
+                 LastModified?}           the file's date, for "fingerprint"
+  MsgAck        {Ack: true, Sample?}      answers MsgUploadConf (Sample: the
+                                          digest it asked for, "fingerprint")
   MsgPause      {Pause: true}             the client then closes; resumable
   MsgCancel     {Reason}                  answered by MsgCancelAck, then close
   MsgError      {ErrorCode, Msg}          cancels: "error from frontend: Msg"
 
 Server -> client:
   MsgUploadConf {ChunkSizeKB, FilePos, SendAhead,
-                 WindowBytes?}            only for a "byte-window" client
+                 WindowBytes?,            only for a "byte-window" client
+                 Sample?}                 only for a "fingerprint" client
   MsgChunkAck   {ChunkSize}               sent after the chunk is in the file
   MsgCancelAck  {Ack: true}
   MsgCancel     {Reason, ErrorCode}       the backend cancelled the upload; a
@@ -60,6 +63,16 @@ change of meaning is used only with a client that announced it in
                  binds this one, instead of answering ErrorCode 3 (busy) until
                  the dead connection's ping timeout.  Without the feature a
                  client gets ErrorCode 3 as from 0.1.
+  "fingerprint"  The client sends its file's ``LastModified`` (ms) with
+                 ``Name`` and ``LengthBytes``; a later connection whose name or
+                 date differs from the first's gets ErrorCode 4.  On a resume
+                 (0 < FilePos < LengthBytes) MsgUploadConf carries ``Sample:
+                 {Offset, Length}`` (the SAMPLE_BYTES before FilePos, fewer if
+                 FilePos is smaller); the client answers MsgAck with ``Sample``:
+                 the hex SHA-256 of those bytes of its file, and sends no chunk
+                 before.  A digest that differs from the stored bytes' is
+                 ErrorCode 4 (nothing is appended; the upload keeps its bytes).
+                 Without the feature, sizes alone are compared, as in 0.1.
 """
 
 import json
@@ -126,6 +139,10 @@ def parse_message(payload: bytes) -> tuple[str, dict]:
 
 BYTE_WINDOW = "byte-window"
 TAKEOVER = "takeover"
+FINGERPRINT = "fingerprint"
+
+# Bytes just before FilePos that a "fingerprint" client digests on a resume.
+SAMPLE_BYTES = 4096
 
 
 def requested_features(data: dict) -> frozenset:
@@ -150,6 +167,20 @@ def upload_request_fields(data: dict) -> tuple[str, int, str]:
     return upload_id, length, valid_text(name)
 
 
+def last_modified_field(data: dict) -> int | None:
+    """The ``LastModified`` of a MsgUploadReq (ms since the epoch), if valid."""
+    value = data.get("LastModified")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def sample_answer(data: dict) -> str | None:
+    """The ``Sample`` digest of a MsgAck (lowercase hex), if any."""
+    value = data.get("Sample")
+    return value.lower() if isinstance(value, str) else None
+
+
 def valid_text(text: str) -> str:
     """``text`` with each unpaired UTF-16 surrogate (valid in JSON, possible
     in NTFS names, not encodable as UTF-8) replaced by U+FFFD, so that the
@@ -165,11 +196,17 @@ def _encode(msg_type: str, data: dict) -> bytes:
 
 
 def msg_upload_conf(
-    chunk_size_kb: int, file_pos: int, send_ahead: int, window_bytes: int | None = None
+    chunk_size_kb: int,
+    file_pos: int,
+    send_ahead: int,
+    window_bytes: int | None = None,
+    sample: tuple[int, int] | None = None,
 ) -> bytes:
-    data = {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead}
+    data: dict = {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead}
     if window_bytes is not None:
         data["WindowBytes"] = window_bytes
+    if sample is not None:
+        data["Sample"] = {"Offset": sample[0], "Length": sample[1]}
     return _encode("MsgUploadConf", data)
 
 

@@ -51,6 +51,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._pong_waiters: list[Deferred] = []  # probes waiting for a pong
         self._echo_expected = False  # we sent MsgCancel; a 0.1 page echoes it
         self._window_bytes = None  # set for a client that announced byte-window
+        self.features: frozenset = frozenset()  # what its MsgUploadReq announced
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
         self.factory.metrics.websocket_opened()
         self._deadline = self.factory.clock.callLater(
@@ -101,7 +102,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._upload is not None:
             raise ProtocolError("a second MsgUploadReq on the same connection")
         upload_id, length, name = wire.upload_request_fields(data)
-        features = wire.requested_features(data)
+        features = self.features = wire.requested_features(data)
         if wire.BYTE_WINDOW in features:
             self._window_bytes = self.factory.settings.window
         self._cancel_deadline()
@@ -110,11 +111,19 @@ class UploadProtocol(WebSocketServerProtocol):
             self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {wire.shown(upload_id)}")
             return
         self._upload = upload
-        upload.connect(self, length, name, takeover=wire.TAKEOVER in features)
+        upload.connect(
+            self,
+            length,
+            name,
+            takeover=wire.TAKEOVER in features,
+            fingerprint=wire.FINGERPRINT in features,
+            last_modified=wire.last_modified_field(data),
+        )
 
     def _on_MsgAck(self, data):
         if self._upload is None:
             raise ProtocolError("MsgAck before MsgUploadReq")
+        self._upload.acknowledged(self, wire.sample_answer(data))
 
     def _on_MsgPause(self, data):
         if self._upload is None:
@@ -192,9 +201,9 @@ class UploadProtocol(WebSocketServerProtocol):
         if not self._closing:
             self.sendMessage(message)
 
-    def send_conf(self, chunk_size_kb, file_pos, send_ahead):
+    def send_conf(self, chunk_size_kb, file_pos, send_ahead, sample=None):
         self._send_message(
-            wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes)
+            wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes, sample)
         )
 
     def send_chunk_ack(self, size):

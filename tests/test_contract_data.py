@@ -98,6 +98,21 @@ async def test_reopen_resumes_at_what_is_held_even_after_a_restart(make_data_sto
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_tail_read_back_is_the_last_bytes_stored(make_data_store):  # noqa: F811
+    store, upload_id = make_data_store(), new_ticket_id()
+    data = await store.create(upload_id)
+    await data.write_at(0, b"0123456789")
+    assert await data.read_tail(4) == b"6789"
+    assert await data.read_tail(50) == b"0123456789"  # never more than is stored
+    await data.close()
+    data = await make_data_store().reopen(upload_id)  # after a restart too
+    assert await data.read_tail(3) == b"789"
+    await data.write_at(10, b"ab")
+    assert await data.read_tail(3) == b"9ab"
+    await data.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_held_never_reports_more_than_the_announced_length(make_data_store):  # noqa: F811
     store, upload_id = make_data_store(), new_ticket_id()
     data = await store.create(upload_id)

@@ -7,6 +7,7 @@ send an oversize frame, send past the end, send raw text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -74,6 +75,8 @@ class ZeroOneClient(WebSocketClientProtocol):
             self.sendMessage(f.first_text)
             return
         request = {"Id": f.upload_id, "LengthBytes": f.length, "Name": f.name}
+        if f.last_modified is not None:
+            request["LastModified"] = f.last_modified
         features = (["byte-window"] if f.byte_window else []) + list(f.features)
         if features:
             request["Features"] = features
@@ -93,7 +96,15 @@ class ZeroOneClient(WebSocketClientProtocol):
             self.ahead = data["SendAhead"]
             if "WindowBytes" in data:  # a fixed window is enough for tests
                 self.ahead = max(1, data["WindowBytes"] // self.chunk)
-            self._send("MsgAck", {"Ack": True})
+            f = self.factory
+            ack = {"Ack": True}
+            sample = data.get("Sample")
+            if sample is not None and f.sample != "unanswered":  # a "fingerprint" client
+                start, size = sample["Offset"], sample["Length"]
+                ack["Sample"] = hashlib.sha256(f.source.read(start, size)).hexdigest()
+            if f.sample == "chunks-first":
+                self.pump()
+            self._send("MsgAck", ack)
             self.pump()
         elif msg_type == "MsgChunkAck":
             self.in_flight -= 1
@@ -170,12 +181,16 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
            name: str = "file.bin", length: int = None, stop_at: int = None,
            action: str = "drop", oversize_frame=False, extra_bytes=0,
            first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
-           byte_window=False, tls=None, pace: float = 0.0, features=()) -> Deferred:
+           byte_window=False, tls=None, pace: float = 0.0, features=(),
+           last_modified: int = None, sample: str = "answered") -> Deferred:
     """Connect once and run the script; fire with the Outcome at close.
 
     ``tls`` (a client TLS connection creator, e.g. optionsForClientTLS)
     connects with wss: instead of ws:.  ``pace`` (seconds) sends at most
-    one chunk per that time: a slow but steady link.
+    one chunk per that time: a slow but steady link.  With the "fingerprint"
+    feature, ``sample`` is how a MsgUploadConf's Sample is met: "answered"
+    (the digest in MsgAck), "unanswered" (MsgAck without it) or "chunks-first"
+    (chunks before the MsgAck).
     """
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -197,6 +212,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.silent = silent
     factory.byte_window = byte_window
     factory.features = features
+    factory.last_modified = last_modified
+    factory.sample = sample
     factory.pace = pace
     factory.done = Deferred()
     done = factory.done

@@ -401,3 +401,38 @@ def test_large_upload(tmp_path, server, backend, open_page):
         assert_handed_over(call, ticket, "large.bin", sha, size, server.storage)
     finally:
         path.unlink()
+
+
+def test_a_different_file_picked_again_for_a_ticket_is_refused_and_the_right_one_resumes(
+        tmp_path, server, backend, open_page):
+    """A user reloads the page and re-picks a file for the same ticket: one
+    of the same name, size and date but other bytes gets FILE_CHANGED and
+    adds nothing; the right one resumes where the first stopped."""
+    size = 6 * MiB
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, sha = make_file(tmp_path / "a", "IMG_0001.CR3", size)
+    other, _ = make_file(tmp_path / "b", "IMG_0001.CR3", size)
+    stamp = time.time() - 3600
+    for path in (first, other):
+        os.utime(path, (stamp, stamp))
+    ticket = server.new_upload(backend)
+    page = open_page()
+    (i,) = page.start([first], [ticket], [{"at_bytes_acked": 2 * MiB, "action": "pause"}])
+    page.wait_for(i, "r.actions.length === 1 && u.paused && !u.connected", 10, "paused")
+    part = server.storage / f"{ticket}.part"
+    stored = part.read_bytes()
+    assert 2 * MiB <= len(stored) < size
+
+    (j,) = page.start([other], [ticket])
+    page.wait_for(j, "r.errors.length > 0", 10, "the other file refused")
+    refused = page.now(j)
+    assert refused["error_code"] == ErrorCode.FILE_CHANGED
+    assert "not the file this upload started with" in refused["error_msg"]
+    assert part.read_bytes() == stored, "bytes of the other file were appended"
+    assert backend.calls_for(ticket) == []
+
+    (k,) = page.start([first], [ticket])
+    page.wait_for(k, "u.finished", 30, "the right file finished")
+    (call,) = backend.calls_for(ticket)
+    assert_handed_over(call, ticket, "IMG_0001.CR3", sha, size, server.storage)

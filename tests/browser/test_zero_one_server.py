@@ -101,10 +101,10 @@ def test_the_library_uploads_to_a_0_1_server_with_0_1_messages(tmp_path, zero_on
     assert state["frac_complete"] == 1 and state["bytes_acked"] == 2 * MiB + 7
     stored = bytes(zero_one.files["11111111-2222-4333-8444-555555555555"])
     assert hashlib.sha256(stored).hexdigest() == sha
-    # only 0.1 message types; MsgUploadReq only adds the Features field
+    # only 0.1 message types; MsgUploadReq only adds Features and LastModified
     assert {m["MsgType"] for m in zero_one.client_messages} <= ZERO_ONE_CLIENT_TYPES
     (request,) = [m for m in zero_one.client_messages if m["MsgType"] == "MsgUploadReq"]
-    assert set(request["MsgData"]) - ZERO_ONE_REQUEST_FIELDS == {"Features"}
+    assert set(request["MsgData"]) - ZERO_ONE_REQUEST_FIELDS == {"Features", "LastModified"}
 
 
 def test_a_0_1_error_is_a_generic_error_and_ends_the_upload(tmp_path, zero_one, open_page):
