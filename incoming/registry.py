@@ -88,6 +88,7 @@ class UploadRegistry:
             expired = set((yield state.sweep(ended_before)))
         except Exception as e:  # they stay until their timers: no reason not to start
             self._log.error("cannot sweep expired tombstones: {why}", why=str(e))
+        with_files = yield self._ids_with_files()
         for record in records:
             if record.id in expired:
                 continue
@@ -95,7 +96,10 @@ class UploadRegistry:
                 if record.state == "cancelled":  # its data may outlive a crash
                     yield data.discard(record.id)
                 held = None
-                if not record.ended:
+                # A ticket no browser used has no file: one listing tells, not a
+                # look per ticket (there may be 100,000).
+                unused = record.length is None and with_files is not None
+                if not record.ended and not (unused and record.id not in with_files):
                     held = yield data.held(record.id, record.length)
                 if record.length is None and held is not None:
                     self._stale_record(record, held)
@@ -124,6 +128,18 @@ class UploadRegistry:
             yield self._log_foreign_files()
         except Exception as e:  # only a log: never a reason not to start
             self._log.error("storage folder: cannot list it: {why}", why=str(e))
+
+    @inlineCallbacks
+    def _ids_with_files(self):
+        """The ids that have data in the store, if it can list them; else None."""
+        inventory = self._stores.capability(IInventory)
+        if inventory is None:
+            return None
+        try:
+            names = yield inventory.unclaimed(())
+        except Exception:
+            return None  # each record is looked at instead
+        return {name.split(".", 1)[0] for name in names}
 
     def _stale_record(self, record, held) -> None:
         """A ticket's record without a file, but a file: the record is older
