@@ -55,6 +55,15 @@ class LockHeld(StoreError):
     """Another holder has the upload and did not let go."""
 
 
+class Refused(Exception):
+    """A subscriber declined an event (e.g. too late to cancel).  Crosses a
+    bus between processes by class name: raise a subclass of this."""
+
+
+class BusError(StoreError):
+    """A subscriber failed on an event in a way that is not a refusal."""
+
+
 class LockLost(StoreError):
     """A lock is no longer held (released, or its lease ran out)."""
 
@@ -228,8 +237,10 @@ class IEventBus(Interface):
 
     def subscribe(upload_id: str, handler: Any) -> Any:
         """Call ``handler(event, payload)`` for the upload's events; its return
-        value (or Deferred) is the answer, its exception the refusal.  Fire,
-        once the subscription is active, with a callable that unsubscribes."""
+        value (or Deferred) is the answer, its exception the refusal (a
+        `Refused` subclass reaches the publisher as itself across processes).
+        Fire, once the subscription is active, with a callable that
+        unsubscribes."""
 
 
 # ---- composition ------------------------------------------------------------

@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
-from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld, NoSpace
+from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld, NoSpace, Refused
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
 from .outcome import DONE, FAILED, hand_over
 from .records import LIVENESS_BYTES, LIVENESS_SECONDS, UploadRecord
@@ -75,7 +75,7 @@ class Services:
         return self.monotonic or self.clock.seconds
 
 
-class TooLate(Exception):
+class TooLate(Refused):
     """The upload is past the point where this request makes sense."""
 
 

@@ -11,18 +11,23 @@ from incoming.folder_store import FolderStore
 from incoming.local_bus import LocalBus
 from incoming.local_locker import LocalLocker
 from incoming.storage_pool import StoragePool, run_here
+from redis_server import redis_hub, redis_server  # noqa: F401 (fixtures)
+
+
+def storage_work(request, where: str):
+    """Storage work done at once ("here"), or in a real storage pool."""
+    if where == "here":
+        return run_here
+    pool = StoragePool(reactor, threads=4)
+    pool.startService()
+    request.addfinalizer(pool._pool.stop)
+    return pool.run
 
 
 @pytest.fixture(params=["here", "threads"])
 def run_blocking(request):
     """Storage work done at once, or in a real storage pool."""
-    if request.param == "here":
-        yield run_here
-        return
-    pool = StoragePool(reactor, threads=4)
-    pool.startService()
-    yield pool.run
-    pool._pool.stop()
+    return storage_work(request, request.param)
 
 
 @pytest.fixture(params=["folder"])
@@ -37,8 +42,15 @@ def make_data_store(request, tmp_path, run_blocking):
     return make
 
 
-@pytest.fixture(params=["file"])
-def make_state_store(request, tmp_path, run_blocking):
+@pytest.fixture(params=["file-here", "file-threads", "redis"])
+def make_state_store(request, tmp_path):
+    """A factory: each call is the same store seen anew (as after a restart)."""
+    if request.param == "redis":
+        from incoming.redis_state import RedisStateStore
+
+        hub = request.getfixturevalue("redis_hub")
+        return lambda: RedisStateStore(hub)
+    run_blocking = storage_work(request, request.param.removeprefix("file-"))
     folder = tmp_path / "state"
     folder.mkdir()
 
@@ -48,11 +60,19 @@ def make_state_store(request, tmp_path, run_blocking):
     return make
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "redis"])
 def locker(request):
+    if request.param == "redis":
+        from incoming.redis_locker import RedisLocker
+
+        return RedisLocker(request.getfixturevalue("redis_hub"), reactor)
     return LocalLocker()
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "redis"])
 def bus(request):
+    if request.param == "redis":
+        from incoming.redis_bus import RedisBus
+
+        return RedisBus(request.getfixturevalue("redis_hub"))
     return LocalBus()

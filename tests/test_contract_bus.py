@@ -8,8 +8,8 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from incoming.ids import new_ticket_id
-from incoming.interfaces import CANCEL_REQUESTED, FINISH_REQUESTED, IEventBus
-from stores import bus  # noqa: F401 (fixture)
+from incoming.interfaces import CANCEL_REQUESTED, FINISH_REQUESTED, IEventBus, Refused
+from stores import bus, redis_hub, redis_server  # noqa: F401 (fixtures)
 
 
 @pytest_twisted.ensureDeferred
@@ -37,16 +37,17 @@ async def test_subscribers_of_an_upload_get_its_events_and_answer(bus):  # noqa:
     unsubscribe()  # twice is fine
 
 
+class TooLateForThat(Refused):
+    """A refusal as the uploads make them (incoming.upload.TooLate)."""
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_refusal_reaches_the_publisher(bus):  # noqa: F811
     upload_id = new_ticket_id()
 
-    class Refused(Exception):
-        pass
-
     def handler(event, payload):
-        raise Refused("too late")
+        raise TooLateForThat("too late")
 
     await bus.subscribe(upload_id, handler)
-    with pytest.raises(Refused):
+    with pytest.raises(TooLateForThat, match="too late"):
         await bus.publish(upload_id, CANCEL_REQUESTED, "x")

@@ -10,7 +10,7 @@ from zope.interface.verify import verifyObject
 
 from incoming.ids import new_ticket_id
 from incoming.interfaces import ILock, ILocker, LockHeld, LockLost
-from stores import locker  # noqa: F401 (fixture)
+from stores import locker, redis_hub, redis_server  # noqa: F401 (fixtures)
 
 
 def never_lets_go():

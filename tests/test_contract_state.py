@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 from incoming.ids import new_ticket_id
 from incoming.interfaces import IStateStore, RecordExists, VersionConflict
 from incoming.records import UploadRecord
-from stores import make_state_store, run_blocking  # noqa: F401 (fixtures)
+from stores import make_state_store, redis_hub, redis_server  # noqa: F401 (fixtures)
 
 
 def a_record(**fields) -> UploadRecord:
