@@ -38,6 +38,7 @@ from .ticket_log import (
     GroupWriter,
     append_lines,
     compact_log,
+    cut_torn_tail,
     deleted_line,
     read_log,
     rewrite_log,
@@ -121,7 +122,7 @@ class FileStateStore:
         def done(_):
             self._logged -= dropped
 
-        return self._run(compact_log, self.folder, live, self._durable).addCallback(done)
+        return self._run(compact_log, self.folder, live).addCallback(done)
 
     def update(self, record: UploadRecord, expected_version: int):
         stored = attr.evolve(record, version=expected_version + 1)
@@ -161,15 +162,20 @@ class FileStateStore:
 
     def delete(self, upload_id: str):
         def step():
-            return self._run(remove_quietly, self._path(upload_id)).addCallback(unlog)
-
-        def unlog(_):
+            # Its line's tombstone first: if that cannot be written, the
+            # record stays (a line alone would bring the ticket back).
             if upload_id not in self._logged:
-                return forget(None)
+                return remove()
+            d = self._tickets.append(self._append, deleted_line(upload_id))
+            return d.addCallback(unlogged)
+
+        def unlogged(_):
             self._logged.discard(upload_id)
             self._line_died(upload_id, 2 if upload_id in self._in_log else 1)
-            d = self._tickets.append(self._append, deleted_line(upload_id))
-            return d.addCallback(forget)
+            return remove()
+
+        def remove():
+            return self._run(remove_quietly, self._path(upload_id)).addCallback(forget)
 
         def forget(_):
             self._versions.pop(upload_id, None)
@@ -211,7 +217,9 @@ class FileStateStore:
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                os.write(fd, record.to_json())
+                view = memoryview(record.to_json())
+                while view:
+                    view = view[os.write(fd, view) :]
                 if self._durable:
                     os.fsync(fd)
             finally:
@@ -252,7 +260,12 @@ class FileStateStore:
         logged = read_log(self.folder)
         in_log = [i for i in logged.records if i not in records and i not in unread]
         if logged.torn or logged.lines != len(in_log):
-            rewrite_log(self.folder, [logged.records[i] for i in in_log], self._durable)
+            try:
+                rewrite_log(self.folder, [logged.records[i] for i in in_log])
+            except StoreError as e:  # a full disk: start with the log as it is
+                self._log.error("ticket log: {why}; kept as it is", why=str(e))
+                if logged.torn:
+                    cut_torn_tail(self.folder)
         return in_log, list(records.values()) + [logged.records[i] for i in in_log]
 
     def _move_aside(self, upload_id: str, why: str) -> None:

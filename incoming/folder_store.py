@@ -68,7 +68,8 @@ class FolderStore:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             except OSError as e:
-                raise StoreError(f"cannot create {path}: {e.strerror}") from None
+                error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+                raise error(f"cannot create {path}: {e.strerror}") from None
             return FolderUpload(self, upload_id, fd, 0)
 
         return self._run(blocking)

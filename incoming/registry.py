@@ -101,8 +101,12 @@ class UploadRegistry:
                 unused = record.length is None and with_files is not None
                 if not record.ended and not (unused and record.id not in with_files):
                     held = yield data.held(record.id, record.length)
-                if record.length is None and held is not None:
+                if record.length is None and held == (0, False):
+                    yield data.discard(record.id)  # an empty .part of ours: start afresh
+                    held = None
+                elif record.length is None and held is not None:
                     self._stale_record(record, held)
+                    yield state.delete(record.id)  # reported once; the file stays
                     continue
                 plan = plan_restore(record, held)
                 if plan.recreate:
@@ -149,7 +153,7 @@ class UploadRegistry:
         self._log.error(
             "upload {id}: its record says no browser has sent a byte, but its file "
             "holds {size} bytes (the record's later versions were lost, a power loss?); "
-            "not restored; the file is left alone",
+            "not restored, its record removed; the file is left alone",
             id=record.id,
             size=held[0],
         )

@@ -17,17 +17,18 @@ which is then ignored.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Callable, Iterable
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .fsops import remove_quietly, sync_folder
-from .interfaces import RecordInvalid, StoreError
+from .interfaces import NoSpace, RecordInvalid, StoreError
 from .records import SCHEMA, UploadRecord, record_from_json
 
 TICKETS_NAME = ".incoming.tickets"
@@ -100,34 +101,56 @@ def read_log(folder: str) -> LogContents:
             continue
         contents.records[record.id] = record
     if corrupt:
-        with open(os.path.join(folder, CORRUPT_NAME), "ab") as f:
-            f.write(b"".join(line + b"\n" for line in corrupt))
+        try:
+            with open(os.path.join(folder, CORRUPT_NAME), "ab") as f:
+                f.write(b"".join(line + b"\n" for line in corrupt))
+        except OSError as e:  # a full disk: the lines are in the log still
+            _log.error("ticket log: cannot keep the corrupt lines aside: {why}", why=e.strerror)
     return contents
 
 
+def cut_torn_tail(folder: str) -> None:
+    """Drop an incomplete last line, so that the next append starts a line
+    of its own (a truncation: it works on a full disk too)."""
+    path = os.path.join(folder, TICKETS_NAME)
+    with open(path, "rb+") as f:
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
 def append_lines(folder: str, lines: list[bytes], durable: bool) -> None:
-    """Append whole lines in one write (blocking)."""
+    """Append whole lines in one write (blocking).  A write that fails part
+    way (a full disk) is cut back, so no half line is left for the next."""
     path = os.path.join(folder, TICKETS_NAME)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            created = os.fstat(fd).st_size == 0
-            view = memoryview(b"".join(lines))
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        if durable and created:
-            sync_folder(folder)
     except OSError as e:
         raise StoreError(f"cannot write the ticket log {path}: {e.strerror}") from None
+    try:
+        start = os.fstat(fd).st_size
+        view = memoryview(b"".join(lines))
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+            if start == 0:
+                sync_folder(folder)
+    except OSError as e:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass  # a torn tail is cut at the next start
+        error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+        raise error(f"cannot write the ticket log {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
-def rewrite_log(folder: str, keep: Iterable[UploadRecord], durable: bool) -> None:
+def rewrite_log(folder: str, keep: Iterable[UploadRecord]) -> None:
     """Replace the log by one with only ``keep`` (blocking, atomic); remove
-    it if nothing is kept."""
+    it if nothing is kept.  Always synced (the file, then the folder): a
+    power loss must not take every unused ticket at once, and it is rare."""
+    durable = True
     temp, path = os.path.join(folder, TEMP_NAME), os.path.join(folder, TICKETS_NAME)
     lines = b"".join(ticket_line(r) for r in keep)
     try:
@@ -147,30 +170,41 @@ def rewrite_log(folder: str, keep: Iterable[UploadRecord], durable: bool) -> Non
         raise StoreError(f"cannot rewrite the ticket log: {e.strerror}") from None
 
 
-def compact_log(folder: str, live: set, durable: bool) -> None:
+def compact_log(folder: str, live: set) -> None:
     """Keep the lines of ``live`` ids only (blocking)."""
     contents = read_log(folder)
-    rewrite_log(folder, [r for i, r in contents.records.items() if i in live], durable)
+    rewrite_log(folder, [r for i, r in contents.records.items() if i in live])
+
+
+class _Batch:
+    """Lines asked for together, and who waits for them."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.waiting: list[Deferred] = []
+        self.started = False
 
 
 class GroupWriter:
-    """Runs log jobs one at a time; appends asked for meanwhile are joined
-    into one job (one write, one fsync)."""
+    """Runs log jobs one at a time, in the order asked; appends asked for
+    while the last queued job is a batch not yet started join it (one
+    write, one fsync)."""
 
     def __init__(self, run_blocking: Callable[..., Deferred]):
         self._run = run_blocking
         self._busy = False
-        self._lines: list[bytes] = []
-        self._waiting: list[Deferred] = []
+        self._open: _Batch | None = None  # the batch at the end of the queue
         self._jobs: list[tuple[Callable[[], Deferred], Deferred]] = []
 
     def append(self, job: Callable[[list[bytes]], Deferred], line: bytes) -> Deferred:
         """``job(lines)`` writes the lines; fire when this one is written."""
         d: Deferred = Deferred()
-        self._lines.append(line)
-        self._waiting.append(d)
-        if len(self._lines) == 1:
-            self._jobs.append((lambda: self._write_lines(job), Deferred()))
+        batch = self._open
+        if batch is None or batch.started:
+            batch = self._open = _Batch()
+            self._jobs.append((lambda: self._write(batch, job), Deferred()))
+        batch.lines.append(line)
+        batch.waiting.append(d)
         self._next()
         return d
 
@@ -178,22 +212,22 @@ class GroupWriter:
         """Run ``job()`` alone, after what was asked before it; fire with
         its result."""
         d: Deferred = Deferred()
+        self._open = None  # later appends go after it
         self._jobs.append((job, d))
         self._next()
         return d
 
-    def _write_lines(self, job) -> Deferred:
-        lines, self._lines = self._lines, []
-        waiting, self._waiting = self._waiting, []
+    def _write(self, batch: _Batch, job) -> Deferred:
+        batch.started = True
 
         def settle(outcome):
-            for d in waiting:
+            for d in batch.waiting:
                 if isinstance(outcome, Failure):
                     d.errback(outcome)
                 else:
                     d.callback(None)
 
-        return job(lines).addBoth(settle)
+        return maybeDeferred(job, batch.lines).addBoth(settle)
 
     def _next(self) -> None:
         if self._busy or not self._jobs:
@@ -209,9 +243,4 @@ class GroupWriter:
                 done.callback(outcome)
             self._next()
 
-        try:
-            d = job()
-        except Exception:
-            d = Deferred()
-            d.errback()
-        d.addBoth(finished)
+        maybeDeferred(job).addBoth(finished)

@@ -109,6 +109,8 @@ class Upload:
         self._run_blocking = services.run_blocking
         self._metrics = services.metrics
         self._space = services.space
+        self._promised_to: Any = None  # the channel the space promise was made for
+        self._sample_timer: Any = None
         self._writes = 0  # generation of chunk writes: a full disk drops the queued ones
         self._forget_me = forget
         self._ended_hook = ended
@@ -223,8 +225,21 @@ class Upload:
     def _connected_or_not(self, channel) -> None:
         self._connecting.pop(channel, None)
         self._sampling.pop(channel, None)
-        if self._channel is None or self.state != "uploading":
-            self._space.release(self)  # refused, busy or gone: nothing promised
+        if self._channel is not channel and self._promised_to is channel:
+            self._release_space()  # refused, busy or gone: its promise too
+
+    def _hold_space(self, channel) -> None:
+        self._space.hold(self)
+        self._promised_to = channel
+
+    def _release_space(self) -> None:
+        self._space.release(self)
+        self._promised_to = None
+
+    @property
+    def progress_at(self) -> float:
+        """When a byte was last stored (or a browser bound)."""
+        return self._touched_at
 
     def _changed_file(
         self, length: int, name: str, fingerprint: bool, last_modified: int | None
@@ -259,9 +274,9 @@ class Upload:
         needed = missing + self._settings.storage_reserve
 
         def check(free):
-            promised = self._space.promised(besides=self)
+            promised = self._space.promised(self._clock.seconds(), besides=self)
             if free - promised >= needed:
-                self._space.hold(self)  # at once: the next check counts it
+                self._hold_space(channel)  # at once: the next check counts it
                 return True
             self._log.warn(
                 "upload {id}: refused, {needed} bytes needed, {free} free, "
@@ -617,8 +632,8 @@ class Upload:
 
     def _notify_browser(self, reason, code, reply) -> None:
         channel, self._channel = self._channel, None
-        self._sample = None
-        self._space.release(self)
+        self._forget_sample()
+        self._release_space()
         self._release_lock()
         if channel is None:
             return
@@ -644,6 +659,7 @@ class Upload:
     @_machine.output()
     def _bind(self, channel):
         self._channel = channel
+        self._hold_space(channel)  # a takeover binds without a check of its own
 
     @_machine.output()
     def _log_connected(self):
@@ -691,8 +707,8 @@ class Upload:
     @_machine.output()
     def _unbind(self):
         self._channel = None
-        self._sample = None
-        self._space.release(self)
+        self._forget_sample()
+        self._release_space()
         self._release_lock()
         throttled, self._throttled = self._throttled, None
         if throttled is not None:  # so that it reads the browser's close
@@ -780,9 +796,11 @@ class Upload:
         self._persist().addErrback(self._record_not_saved)
 
     def _record_not_saved(self, failure) -> None:
-        """A record of progress (a pause, a touch, a wait) that a full disk
-        refused costs nothing but the newest timestamps: the bytes stored are
-        the truth after a restart.  Any other failure ends the upload."""
+        """A record of progress (a pause, a touch, a wait, the sha256) that a
+        full disk refused costs the newest timestamps and, after a restart, a
+        second handover (a complete file is handed over again, as the
+        backend must expect); the bytes stored are the truth.  Any other
+        failure ends the upload."""
         if not failure.check(NoSpace):
             return self._failed(failure)
         self._log.warn(
@@ -827,7 +845,16 @@ class Upload:
         d.addCallback(opened)
         if sampling:
             d.addCallback(lambda bound: bound and self._take_sample(channel))
-        d.addCallbacks(lambda bound: bound and self._opened(), self._failed)
+        d.addCallbacks(lambda bound: bound and self._opened(), self._not_opened)
+
+    def _not_opened(self, failure) -> None:
+        """A full disk when the record or the file is made: refused for now
+        (code 10) with the bytes kept; anything else ends the upload."""
+        if not failure.check(NoSpace) or self.state != "uploading":
+            return self._failed(failure)
+        self._log.warn("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
+        self._out_of_space(f"the server's disk is full ({failure.value}); try again later")
+        return None
 
     def _take_sample(self, channel) -> Deferred:
         """Digest the bytes just before FilePos, which the browser must match
@@ -846,15 +873,29 @@ class Upload:
             if self.state != "uploading" or self._channel is not channel or sample is None:
                 return False  # it left meanwhile
             self._sample = (pos - size, size, hashlib.sha256(sample).hexdigest())
+            wait = self._settings.websocket_timeout
+            self._sample_timer = self._clock.callLater(wait, self._sample_late, channel, wait)
             return True
 
         return self._io.run(read).addCallback(taken)
+
+    def _forget_sample(self) -> None:
+        self._sample = None
+        timer, self._sample_timer = self._sample_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _sample_late(self, channel, wait: float) -> None:
+        self._sample_timer = None
+        if channel is self._channel and self._sample is not None:
+            channel.fail(ErrorCode.PROTOCOL, f"no MsgAck with the Sample within {wait:g} s")
 
     def acknowledged(self, channel, sample: str | None) -> None:
         """The browser's MsgAck; with the Sample digest it was asked for."""
         if channel is not self._channel or self._sample is None:
             return
-        (offset, size, digest), self._sample = self._sample, None
+        (offset, size, digest) = self._sample
+        self._forget_sample()
         if sample is None:
             channel.fail(ErrorCode.PROTOCOL, "MsgAck without the Sample asked for")
         elif sample != digest:
@@ -980,7 +1021,9 @@ class Upload:
                 path=self._location,
                 sha256=self.sha256,
             )
-            return self._persist()  # with the sha256: a restart offers the file as it was
+            # With the sha256: a restart offers the file as it was.  A full
+            # disk only costs the record: a restart finds the complete file.
+            return self._persist().addErrback(self._record_not_saved)
 
         d = self._io.run(seal, None)
         d.addCallback(checksum).addCallback(sealed)

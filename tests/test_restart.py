@@ -14,7 +14,7 @@ from incoming.config import Settings
 from incoming.wire import ErrorCode
 
 from conftest import start_server
-from fakes import create, embedded_registry
+from fakes import FakeChannel, create, embedded_registry
 from test_protocol import wait_until
 from wsclient import upload
 
@@ -288,3 +288,22 @@ def test_after_a_power_loss_a_stale_record_never_deletes_a_file_the_backend_kept
     assert f"{kept_id} belongs to no open upload; left alone" in logged
     if loss == "record-reverted":
         assert f"upload {kept_id}: its record says no browser has sent a byte" in logged
+    third = registry_on(tmp_path, task.Clock())
+    third.restore()  # reported once: the stale record is gone, the file stays
+    assert third.get(kept_id) is None
+    assert (tmp_path / kept_id).read_bytes() == b"the backend's file"
+
+
+def test_an_empty_part_file_beside_a_fresh_ticket_is_no_reason_to_drop_it(tmp_path):
+    """A power loss right after the first connection created the .part: the
+    ticket is taken back, and its browser can start."""
+    first = registry_on(tmp_path, task.Clock())
+    ticket = create(first).ticket.id
+    (tmp_path / f"{ticket}.part").write_bytes(b"")
+    again = registry_on(tmp_path, task.Clock())
+    again.restore()
+    upload = again.get(ticket)
+    assert upload is not None and upload.state == "created"
+    outcome = FakeChannel()
+    upload.connect(outcome, 5, "f.bin")
+    assert outcome.events[0] == ("conf", 0)

@@ -114,3 +114,72 @@ def test_a_corrupt_record_file_is_not_replaced_by_its_older_line(tmp_path):
     _, records = restarted(tmp_path)
     assert records == {}  # not restored as a fresh ticket: its file is reported instead
     assert (tmp_path / f"{stored.id}.json.corrupt").exists()
+
+
+def test_a_delete_whose_tombstone_cannot_be_written_leaves_the_record_whole(tmp_path,
+                                                                           monkeypatch):
+    import pytest
+
+    import incoming.file_state as file_state
+    from incoming.interfaces import StoreError
+
+    store = FileStateStore(str(tmp_path), run_here)
+    stored = fired(store.create(a_record()))
+    ended = fired(store.update(attr.evolve(stored, state="finished", ended_at=9.0), 1))
+
+    def full(*args):
+        raise StoreError("cannot write the ticket log: No space left on device")
+
+    monkeypatch.setattr(file_state, "append_lines", full)
+    with pytest.raises(StoreError):
+        fired(store.delete(stored.id))
+    _, records = restarted(tmp_path)
+    assert records == {stored.id: ended}  # the tombstone, never the old ticket
+
+
+def test_an_append_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+
+    import pytest
+
+    import incoming.ticket_log as ticket_log
+    from incoming.interfaces import NoSpace
+
+    store = FileStateStore(str(tmp_path), run_here)
+    before = fired(store.create(a_record()))
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ticket_log.os, "write", half_then_full)
+    with pytest.raises(NoSpace):
+        fired(store.create(a_record()))
+    monkeypatch.setattr(ticket_log.os, "write", real_write)
+    after = fired(store.create(a_record()))
+    _, records = restarted(tmp_path)
+    assert sorted(records) == sorted([before.id, after.id])
+
+
+def test_a_log_that_cannot_be_rewritten_at_start_does_not_stop_it(tmp_path, monkeypatch):
+    import incoming.file_state as file_state
+    from incoming.interfaces import StoreError
+
+    store = FileStateStore(str(tmp_path), run_here)
+    kept = fired(store.create(a_record()))
+    gone = fired(store.create(a_record()))
+    fired(store.delete(gone.id))
+    with open(tmp_path / TICKETS_NAME, "ab") as f:
+        f.write(b'{"id":"torn')  # and a crash mid-line
+
+    def full(*args):
+        raise StoreError("cannot rewrite the ticket log: No space left on device")
+
+    monkeypatch.setattr(file_state, "rewrite_log", full)
+    again, records = restarted(tmp_path)  # a full disk at start
+    assert list(records) == [kept.id]
+    later = fired(again.create(a_record()))  # on a line of its own
+    monkeypatch.undo()
+    _, records = restarted(tmp_path)
+    assert sorted(records) == sorted([kept.id, later.id])

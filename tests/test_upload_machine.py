@@ -47,8 +47,10 @@ class FakeChannel:
         self.part_path = part_path
         self.on_disk_at_ack: list[int] = []
 
-    def send_conf(self, chunk_size_kb, file_pos, send_ahead):
+    def send_conf(self, chunk_size_kb, file_pos, send_ahead, sample=None):
         self.calls.append(("conf", chunk_size_kb, file_pos, send_ahead))
+        if sample is not None:
+            self.calls.append(("sample", *sample))
 
     def send_chunk_ack(self, size):
         self.calls.append(("ack", size))
