@@ -49,6 +49,8 @@ class Settings:
     backend_origins: tuple = ()  # empty: every call from a web page is refused
     backend_token: str = attr.ib(default="", repr=False)
     backend_ca: str = ""
+    state: str = attr.ib(default="", repr=False)  # a URL may hold a password
+    state_prefix: str = "incoming:"
     finish_url_hosts: tuple = ()  # empty: a signalFinishURL may name any host
 
     @property
@@ -208,6 +210,31 @@ def parse_listen(value) -> str:
     if ":" not in text:
         raise ConfigError(f"{text!r} is neither a port number nor an endpoint")
     return text
+
+
+def parse_state(value) -> str:
+    """Empty (the embedded default) or a redis:// / rediss:// URL."""
+    from .redis_client import parse_redis_url
+
+    if isinstance(value, str) and not value.strip():
+        return ""
+    text = parse_text(value)
+    try:
+        parse_redis_url(text)
+    except ValueError as e:
+        raise ConfigError(str(e).replace(text, _without_password(text))) from None
+    return text
+
+
+def _without_password(url: str) -> str:
+    """A URL as it may be shown: its password replaced by ***."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def parse_metrics_listen(value) -> str:
@@ -406,6 +433,26 @@ SETTINGS = [
         "400 for others): host names, *.example.com (any subdomain), IP "
         "addresses, CIDR ranges (for IP hosts; names are never resolved); any "
         "port. Empty means any host, as 0.1.",
+    ),
+]
+
+SETTINGS += [
+    Setting(
+        "state",
+        "state",
+        "State",
+        parse_state,
+        "Where upload records, locks and events live: empty for the storage "
+        "folder (one server, nothing else to install), or a Redis URL "
+        "(redis://[:password@]host:port/db, rediss:// for TLS); the password "
+        "is never logged.",
+    ),
+    Setting(
+        "state_prefix",
+        "state-prefix",
+        "StatePrefix",
+        parse_text,
+        "Prefix of every key this server uses in Redis (with --state).",
     ),
 ]
 

@@ -12,7 +12,7 @@ import time
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -39,6 +39,8 @@ def _default_text(field: str) -> str:
         return "none"
     if field == "metrics_listen":
         return "the main port"
+    if field == "state":
+        return "the storage folder"
     if field == "backend_ca":
         return "the system's trust store"
     return str(value)
@@ -152,6 +154,14 @@ def makeService(config, reactor=None) -> MultiService:
     metrics = Metrics()  # this server's own CollectorRegistry
     pool = StoragePool(reactor)
     http = backend_http(reactor, backend_tls_policy(settings.backend_ca))
+    stores, guard = None, None
+    if settings.state:
+        from .redis_stores import RedisGuard, redis_stores
+
+        stores, hub = redis_stores(settings, pool.run, reactor)
+        stores.data.prepare()
+        guard = RedisGuard(settings, hub, stores.locker)
+    checks = [guard.health] if guard is not None else []
     site, registry = make_site(
         settings,
         reactor,
@@ -159,14 +169,17 @@ def makeService(config, reactor=None) -> MultiService:
         demo=bool(config["demo"]),
         run_blocking=pool.run,
         metrics=metrics,
+        stores=stores,
         monotonic=time.monotonic,  # the reactor's clock is the wall clock
+        health_checks=checks,
     )
     service = MultiService()
     endpoint = serverFromString(reactor, settings.listen)
-    UploadServer(registry, reactor, endpoint, site, pool).setServiceParent(service)
+    UploadServer(registry, reactor, endpoint, site, pool, guard).setServiceParent(service)
     if settings.metrics_listen:
         StreamServerEndpointService(
-            serverFromString(reactor, settings.metrics_listen), metrics_site(settings, metrics)
+            serverFromString(reactor, settings.metrics_listen),
+            metrics_site(settings, metrics, checks),
         ).setServiceParent(service)
     return service
 
@@ -184,7 +197,10 @@ class UploadServer(Service):
 
     _log = Logger()
 
-    def __init__(self, registry, reactor, endpoint, site, pool):
+    def __init__(self, registry, reactor, endpoint, site, pool, guard=None):
+        """``guard``: checks made before the restore (``start``, failing with
+        a reason to stop) and undone after the stop (``stop``)."""
+        self._guard = guard
         self._registry = registry
         self._reactor = reactor
         self._endpoint = endpoint
@@ -209,7 +225,8 @@ class UploadServer(Service):
             self.privilegedStartService()
         super().startService()
         self._pool.startService()
-        self.restored = self._registry.restore()
+        self.restored = maybeDeferred(self._guard.start) if self._guard else succeed(None)
+        self.restored.addCallback(lambda _: self._registry.restore())
         self.restored.addCallback(lambda _: self._port)  # bound by now, or failed
         self.restored.addCallback(self._accept)
         self.restored.addErrback(self._cannot_start, "cannot restore the uploads")
@@ -224,7 +241,12 @@ class UploadServer(Service):
             )
 
     def _cannot_start(self, failure, what: str):
-        self._log.failure("{what}; stopping", failure, what=what)
+        from .redis_stores import GuardRefused
+
+        if failure.check(GuardRefused):
+            self._log.error("{why}; stopping", why=str(failure.value))
+        else:
+            self._log.failure("{what}; stopping", failure, what=what)
         if self._reactor.running:
             self._reactor.stop()
         else:  # under twistd, before the reactor runs
@@ -239,4 +261,8 @@ class UploadServer(Service):
         if bound is not None:
             d.addCallback(lambda _: bound.stopListening())
         d.addErrback(lambda f: self._log.failure("stopping the port", f))
-        return d.addCallback(lambda _: self._pool.stopService())
+        d.addCallback(lambda _: self._pool.stopService())
+        if self._guard is not None:
+            d.addCallback(lambda _: self._guard.stop())
+            d.addErrback(lambda f: self._log.failure("letting go of the stores", f))
+        return d

@@ -20,7 +20,13 @@ from .wsproto import UploadFactory
 
 
 def build_root(
-    registry, settings, clock, demo: bool = False, run_blocking=run_here, metrics=NO_METRICS
+    registry,
+    settings,
+    clock,
+    demo: bool = False,
+    run_blocking=run_here,
+    metrics=NO_METRICS,
+    health_checks=(),
 ) -> Resource:
     """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
     incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
@@ -41,22 +47,22 @@ def build_root(
     if demo:
         demo_page = demo_resource(registry, clock, run_blocking, files, settings.finish_url_hosts)
         root.putChild(b"demo", demo_page)
-    operations_pages(root, settings, None if settings.metrics_listen else metrics)
+    operations_pages(root, settings, None if settings.metrics_listen else metrics, health_checks)
     return root
 
 
-def operations_pages(root: Resource, settings, metrics=None) -> Resource:
+def operations_pages(root: Resource, settings, metrics=None, health_checks=()) -> Resource:
     """/health for load balancers and, with ``metrics``, /metrics for
     Prometheus: pages for operators, which a public proxy should not pass."""
-    root.putChild(b"health", HealthCheck(settings.storage_dir))
+    root.putChild(b"health", HealthCheck(settings.storage_dir, health_checks))
     if metrics is not None and metrics.registry is not None:
         root.putChild(b"metrics", MetricsPage(metrics.registry))
     return root
 
 
-def metrics_site(settings, metrics) -> Site:
+def metrics_site(settings, metrics, health_checks=()) -> Site:
     """What --metrics-port serves: /metrics and /health, nothing else."""
-    return _site(operations_pages(Resource(), settings, metrics))
+    return _site(operations_pages(Resource(), settings, metrics, health_checks))
 
 
 def _site(root: Resource) -> Site:
@@ -95,6 +101,7 @@ def make_site(
     metrics=None,
     stores=None,
     monotonic=None,
+    health_checks=(),
 ) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry
     (not restored yet: call ``registry.restore()``, as the service does at start).
@@ -106,7 +113,8 @@ def make_site(
     defaults to a new one with a registry of its own; ``stores`` (a
     StoreComposer) to the embedded default; ``monotonic`` (elapsed
     seconds for the timers that cancel or fail uploads, time.monotonic in
-    production) to the clock's.
+    production) to the clock's; ``health_checks`` are what /health asks
+    besides the storage folder (callables firing with None or a problem).
     """
     if metrics is None:
         metrics = Metrics()
@@ -115,4 +123,5 @@ def make_site(
         stores.data.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout, monotonic)
     registry = UploadRegistry(settings, stores, backend, clock, run_blocking, metrics, monotonic)
-    return _site(build_root(registry, settings, clock, demo, run_blocking, metrics)), registry
+    root = build_root(registry, settings, clock, demo, run_blocking, metrics, health_checks)
+    return _site(root), registry

@@ -51,6 +51,8 @@ HELP_DEFAULTS = {
     "backend_origins": "none",
     "backend_token": "none",
     "backend_ca": "the system's trust store",
+    "state": "the storage folder",
+    "state_prefix": "incoming:",
     "finish_url_hosts": "none",
 }
 
@@ -431,3 +433,23 @@ def test_a_bad_finish_url_host_stops_start_up_naming_it(tmp_path, entry):
     path = write_config(tmp_path, f"FinishURLHosts: ['{entry}']\n")
     message = usage_error("--config", path)
     assert "FinishURLHosts" in message and repr(entry) in message
+
+
+@pytest.mark.parametrize("url", ["http://redis.example:6379", "redis://", "redis://h:port/0",
+                                 "redis://h:6379/zero", "rediss://:s3cret@h:99999/0"])
+def test_a_bad_state_url_stops_start_up_naming_it_without_its_password(tmp_path, url):
+    message = usage_error("--state", url)
+    assert "--state" in message
+    assert "s3cret" not in message
+    path = write_config(tmp_path, f"State: '{url}'\n")
+    message = usage_error("--config", path)
+    assert "State" in message and "s3cret" not in message
+
+
+def test_a_state_url_is_taken_as_given_and_never_shown_with_its_password():
+    from incoming.tap import Options
+
+    options = Options()
+    options.parseOptions(["--state", "rediss://app:s3cret@redis.example:6380/2"])
+    assert options.settings.state == "rediss://app:s3cret@redis.example:6380/2"
+    assert "s3cret" not in repr(options.settings)
