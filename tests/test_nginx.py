@@ -30,6 +30,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 
 from test_tls import pki  # noqa: F401 (fixture: a test CA and a 127.0.0.1 certificate)
 from test_twistd import TwistdServer, backend, free_port  # noqa: F401 (fixture)
+from fakes import stored_records
 from wsclient import upload
 
 from incoming.config import Settings
@@ -218,7 +219,8 @@ def is_ticket(text: str) -> bool:
 
 
 def tickets(app: TwistdServer) -> set:
-    return {p.name for p in app.storage.glob("*.json")}
+    """Every upload record the server keeps (its ticket log and .json files)."""
+    return set(stored_records(app.storage))
 
 
 def test_nginx_accepts_the_shipped_config_without_warnings(stack):
