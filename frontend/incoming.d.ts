@@ -31,6 +31,8 @@ declare namespace incoming {
         readonly NO_SPACE: 10;
         /** The browser could not read the file (detected by the library). */
         readonly FILE_READ_ERROR: 11;
+        /** The server's shared store (Redis) does not answer now; the library retries by itself. */
+        readonly STORE_UNAVAILABLE: 12;
     }
 
     /** The numeric error codes, by name. */

@@ -48,7 +48,8 @@
         SERVER_ERROR: 8,     // the server could not store the file
         TOO_LATE: 9,         // cancel refused: the file is being handed over
         NO_SPACE: 10,        // the server has no room for the file now (retried)
-        FILE_READ_ERROR: 11  // the browser could not read the file (ours, not the server's)
+        FILE_READ_ERROR: 11, // the browser could not read the file (ours, not the server's)
+        STORE_UNAVAILABLE: 12 // the server's shared store does not answer now (retried)
     };
 
     // Errors that are retried: the server closes after them and the
@@ -57,6 +58,7 @@
     TRANSIENT[ERROR.UPLOAD_BUSY] = true;  // usually our own dead connection
     TRANSIENT[ERROR.TOO_LATE] = true;     // the handover goes on; wait for it
     TRANSIENT[ERROR.NO_SPACE] = true;     // the server's disk is full; it keeps what it has
+    TRANSIENT[ERROR.STORE_UNAVAILABLE] = true;  // its Redis is away; it keeps what it has
 
     // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
     var FEATURES = ["byte-window", "takeover", "fingerprint"];

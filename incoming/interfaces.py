@@ -26,6 +26,11 @@ class StoreError(Exception):
     """A store refused or failed an operation; str() is the reason for the user."""
 
 
+class StoreUnavailable(StoreError):
+    """A shared store (Redis) does not answer for now: retry later; what was
+    stored before is kept."""
+
+
 class NoSpace(StoreError):
     """The store is full: the bytes stored before are kept (a torn write is
     cut back), so the upload can go on once there is room."""
@@ -212,12 +217,15 @@ class ILock(Interface):
 class ILocker(Interface):
     """At most one holder per upload at a time."""
 
-    def acquire(upload_id: str, on_release_requested: Any, ask_holder: bool = False) -> Any:
+    def acquire(
+        upload_id: str, on_release_requested: Any, ask_holder: bool = False, on_lost: Any = None
+    ) -> Any:
         """Fire with an ILock, or fail with LockHeld.
 
         With ``ask_holder``, a present holder is asked to let go first (its
         ``on_release_requested`` is called, which fires with True if it lets
-        go); tusd's ``requestUnlock``.
+        go); tusd's ``requestUnlock``.  ``on_lost()`` is called if the lock
+        is lost while held (a lease that could not be renewed in time).
         """
 
 

@@ -42,7 +42,8 @@ class LocalLocker:
     def __init__(self):
         self._locks: dict[str, LocalLock] = {}
 
-    def acquire(self, upload_id: str, on_release_requested, ask_holder: bool = False):
+    def acquire(self, upload_id: str, on_release_requested, ask_holder: bool = False, on_lost=None):
+        """In one process a lock is never lost: ``on_lost`` is not called."""
         holder = self._locks.get(upload_id)
         if holder is None:
             return succeed(self._take(upload_id, on_release_requested))

@@ -25,7 +25,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .interfaces import StoreError
+from .interfaces import StoreUnavailable
 
 COMMAND_TIMEOUT = 5.0
 POOL_SIZE = 1  # one connection: commands reach Redis in the order they were made
@@ -33,7 +33,7 @@ POOL_SIZE = 1  # one connection: commands reach Redis in the order they were mad
 _log = Logger()
 
 
-class RedisUnavailable(StoreError):
+class RedisUnavailable(StoreUnavailable):
     """Redis did not answer in time (down, unreachable, or too slow)."""
 
 

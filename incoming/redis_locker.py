@@ -47,12 +47,16 @@ _log = Logger()
 class RedisLock:
     """A hold on one upload, renewed while held."""
 
-    def __init__(self, locker: RedisLocker, upload_id: str, token: str, on_release_requested):
+    def __init__(
+        self, locker: RedisLocker, upload_id: str, token: str, on_release_requested, on_lost=None
+    ):
         self._locker = locker
         self.upload_id = upload_id
         self.token = token
         self.on_release_requested = on_release_requested
+        self._on_lost = on_lost
         self.held = True
+        self._renewed_at = locker._clock.seconds()  # the lease runs from here
         self._renewal = None
         self._stop_listening = lambda: None
 
@@ -71,12 +75,15 @@ class RedisLock:
         d.addErrback(self._renewal_failed)
 
     def _renewal_failed(self, failure) -> None:
-        if failure.check(LockLost):
+        expired = self._locker._clock.seconds() - self._renewed_at >= self._locker.lease
+        if failure.check(LockLost) or (self.held and expired):
             _log.warn("upload {id}: its lock was lost: {why}", id=self.upload_id, why=failure.value)
             self._forget()
+            if self._on_lost is not None:
+                self._on_lost()
             return
         _log.warn("upload {id}: cannot renew its lock: {why}", id=self.upload_id, why=failure.value)
-        if self.held:  # Redis away: try again; the lease may still hold
+        if self.held:  # Redis away: try again while the lease may still hold
             self._schedule()
 
     def renew(self):
@@ -85,10 +92,13 @@ class RedisLock:
         hub = self._locker._hub
         lease_ms = str(int(self._locker.lease * 1000))
 
+        asked_at = self._locker._clock.seconds()
+
         def renewed(result):
             if int(result) != 1:
                 self._forget()
                 raise LockLost(f"the lock on upload {self.upload_id} was taken over")
+            self._renewed_at = asked_at
 
         return hub.eval(_RENEW, [self._key], [self.token, lease_ms]).addCallback(renewed)
 
@@ -138,25 +148,25 @@ class RedisLocker:
         return self._hub.key("lock", upload_id)
 
     @inlineCallbacks
-    def acquire(self, upload_id: str, on_release_requested, ask_holder: bool = False):
-        lock = yield self._try(upload_id, on_release_requested)
+    def acquire(self, upload_id: str, on_release_requested, ask_holder: bool = False, on_lost=None):
+        lock = yield self._try(upload_id, on_release_requested, on_lost)
         if lock is None and ask_holder:
             channel = self._hub.key("unlock", upload_id)
             answers = yield self._hub.request(channel, {"upload": upload_id}, ASK_TIMEOUT)
             if any(a.get("let_go") for a in answers):
-                lock = yield self._try(upload_id, on_release_requested)
+                lock = yield self._try(upload_id, on_release_requested, on_lost)
         if lock is None:
             raise LockHeld(f"upload {upload_id} is held by another connection")
         return lock
 
     @inlineCallbacks
-    def _try(self, upload_id: str, on_release_requested):
+    def _try(self, upload_id: str, on_release_requested, on_lost):
         token = os.urandom(12).hex()
         lease_ms = str(int(self.lease * 1000))
         taken = yield self._hub.command("SET", self._key(upload_id), token, "NX", "PX", lease_ms)
         if taken is None:
             return None
-        lock = RedisLock(self, upload_id, token, on_release_requested)
+        lock = RedisLock(self, upload_id, token, on_release_requested, on_lost)
         channel = self._hub.key("unlock", upload_id)
         lock._stop_listening = yield self._hub.subscribe(channel, lock._asked)
         lock._schedule()

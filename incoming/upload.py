@@ -36,7 +36,14 @@ from twisted.python.failure import Failure
 
 from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
-from .interfaces import IFreeSpace, IRemoveAfterHandover, LockHeld, NoSpace, Refused
+from .interfaces import (
+    IFreeSpace,
+    IRemoveAfterHandover,
+    LockHeld,
+    NoSpace,
+    Refused,
+    StoreUnavailable,
+)
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
 from .outcome import DONE, FAILED, hand_over
 from .records import LIVENESS_BYTES, LIVENESS_SECONDS, UploadRecord
@@ -46,6 +53,15 @@ from .wire import SAMPLE_BYTES, ErrorCode, shown
 
 # Chunks written or hashed but not finished before reading from the browser pauses.
 MAX_BACKLOG = 16
+
+
+def _come_back(failure) -> tuple[str, ErrorCode] | None:
+    """What to tell a browser for a store failure it should retry later."""
+    if failure.check(NoSpace):
+        return f"the server's disk is full ({failure.value}); try again later", ErrorCode.NO_SPACE
+    if failure.check(StoreUnavailable):
+        return f"{failure.value}; try again later", ErrorCode.STORE_UNAVAILABLE
+    return None
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -309,11 +325,14 @@ class Upload:
                 self.receive(channel, data)
 
         def held(failure):
+            if failure.check(StoreUnavailable):
+                channel.fail(ErrorCode.STORE_UNAVAILABLE, f"{failure.value}; try again later")
+                return None
             failure.trap(LockHeld)
             self._refuse_busy_channel(channel)
 
         d = self._stores.locker.acquire(
-            self.ticket.id, self._release_requested, ask_holder=takeover
+            self.ticket.id, self._release_requested, ask_holder=takeover, on_lost=self._lock_lost
         )
         return d.addCallbacks(locked, held)
 
@@ -492,8 +511,8 @@ class Upload:
         "A data or state store call failed."
 
     @_machine.input()
-    def _out_of_space(self, reason):
-        "A chunk could not be stored: the disk is full."
+    def _store_away(self, reason, code):
+        "A full disk, or a shared store that does not answer: try later."
 
     @_machine.input()
     def _cancel(self, reason, code, reply, kind):
@@ -755,8 +774,8 @@ class Upload:
         self._notify_browser(reason, ErrorCode.SERVER_ERROR, REPLY_ERROR)
 
     @_machine.output()
-    def _tell_browser_no_space(self, reason):
-        self._notify_browser(reason, ErrorCode.NO_SPACE, REPLY_ERROR)
+    def _tell_browser_to_come_back(self, reason, code):
+        self._notify_browser(reason, code, REPLY_ERROR)
 
     # ---- outputs: time ----------------------------------------------------
 
@@ -797,11 +816,12 @@ class Upload:
 
     def _record_not_saved(self, failure) -> None:
         """A record of progress (a pause, a touch, a wait, the sha256) that a
-        full disk refused costs the newest timestamps and, after a restart, a
+        full disk or an unreachable store refused costs the newest timestamps
+        and, after a restart, a
         second handover (a complete file is handed over again, as the
         backend must expect); the bytes stored are the truth.  Any other
         failure ends the upload."""
-        if not failure.check(NoSpace):
+        if not failure.check(NoSpace, StoreUnavailable):
             return self._failed(failure)
         self._log.warn(
             "upload {id}: record not updated ({why}); the bytes stored are kept",
@@ -848,13 +868,27 @@ class Upload:
         d.addCallbacks(lambda bound: bound and self._opened(), self._not_opened)
 
     def _not_opened(self, failure) -> None:
-        """A full disk when the record or the file is made: refused for now
-        (code 10) with the bytes kept; anything else ends the upload."""
-        if not failure.check(NoSpace) or self.state != "uploading":
+        """A full disk (code 10) or a store that does not answer (code 12)
+        when the record or the file is made: refused for now with the bytes
+        kept; anything else ends the upload."""
+        come_back = _come_back(failure)
+        if come_back is None or self.state != "uploading":
             return self._failed(failure)
         self._log.warn("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
-        self._out_of_space(f"the server's disk is full ({failure.value}); try again later")
+        self._store_away(*come_back)
         return None
+
+    def _lock_lost(self) -> None:
+        """The hold on this upload lapsed (Redis away longer than a lease):
+        another server may take it, so stop taking bytes; the browser comes
+        back."""
+        if self.state == "uploading" and self._channel is not None:
+            self._lock = None
+            self._store_away(
+                "the server lost its hold on this upload (its shared store does not "
+                "answer); try again later",
+                ErrorCode.STORE_UNAVAILABLE,
+            )
 
     def _take_sample(self, channel) -> Deferred:
         """Digest the bytes just before FilePos, which the browser must match
@@ -954,7 +988,9 @@ class Upload:
             why=str(failure.value),
             pos=self.received,
         )
-        self._out_of_space(f"the server's disk is full ({failure.value}); try again later")
+        self._store_away(
+            f"the server's disk is full ({failure.value}); try again later", ErrorCode.NO_SPACE
+        )
         return None
 
     def _chunk_stored(self, data, seconds: float | None, channel) -> None:
@@ -1156,12 +1192,12 @@ class Upload:
 
     uploading.upon(_chunk, enter=uploading, outputs=[_store_chunk])
     uploading.upon(
-        _out_of_space,
+        _store_away,
         enter=paused,
-        outputs=[_tell_browser_no_space, _unbind, _close_data, _touch, _save_record],
+        outputs=[_tell_browser_to_come_back, _unbind, _close_data, _touch, _save_record],
     )
     for _state in (created, paused, handing_over, waiting_for_finish, finished, cancelled):
-        _state.upon(_out_of_space, enter=_state, outputs=[])  # the browser left already
+        _state.upon(_store_away, enter=_state, outputs=[])  # the browser left already
     uploading.upon(
         _bad_chunk,
         enter=cancelled,
@@ -1227,7 +1263,7 @@ class Upload:
         _state.upon(_forget, enter=forgotten, outputs=[_unregister])
     for _state in (created, paused, uploading, handing_over, waiting_for_finish):
         _state.upon(_forget, enter=_state, outputs=[])  # a stale timer
-    for _input in (_store_failed, _opened, _disconnect, _forget, _out_of_space):
+    for _input in (_store_failed, _opened, _disconnect, _forget, _store_away):
         forgotten.upon(_input, enter=forgotten, outputs=[])  # late results
     del _input
     del _state

@@ -92,7 +92,9 @@ class ErrorCode(IntEnum):
     HANDOVER_FAILED = 7  # the backend did not take the file
     SERVER_ERROR = 8  # the server could not store the file
     TOO_LATE = 9  # cancel or pause while the file is being handed over
-    NO_SPACE = 10  # not enough free space for the rest of the file
+    NO_SPACE = 10  # not enough free space for the rest of the file (retried)
+    # 11 is the client's own FILE_READ_ERROR (incoming.js), never sent
+    STORE_UNAVAILABLE = 12  # the shared store (Redis) does not answer (retried)
 
 
 class ProtocolError(Exception):

@@ -115,3 +115,46 @@ async def test_redis_away_is_told_by_health_and_new_upload_and_recovered_from(tm
     finally:
         await server.stop()
         redis.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_stopped_mid_upload_pauses_it_resumably_and_nothing_is_lost(tmp_path, backend):  # noqa: F811
+    """Redis away for 10 s while a file arrives: the server loses its hold
+    on the upload within a lease, tells the browser (code 12) and keeps the
+    bytes; once Redis is back the same upload resumes and arrives whole."""
+    data = os.urandom(6 * 1024 * 1024)
+    redis = RedisServer(tmp_path, appendonly=True)
+    redis.start()
+    server = TwistdServer(tmp_path, *redis_args(redis, unique_prefix()))
+    try:
+        await server.ready()
+        ticket = await new_upload(server, backend, removeFileWhenFinished="false")
+        sending = upload(server.port, ticket, data=data, pace=1.0)  # 512 KiB a second
+        await task.deferLater(reactor, 2.0, lambda: None)
+        redis.stop()
+        stopped_at = reactor.seconds()
+        outcome = await sending
+        assert outcome.last()[0] == "MsgError", outcome.messages
+        assert outcome.last()[1]["ErrorCode"] == 12
+        assert "try again later" in outcome.last()[1]["Msg"]
+        assert reactor.seconds() - stopped_at < 9  # within a lease and a renewal
+        part = server.storage / f"{ticket}.part"
+        kept = part.stat().st_size
+        assert 0 < kept < len(data) and part.read_bytes() == data[:kept]
+        await task.deferLater(reactor, max(0.0, 10 - (reactor.seconds() - stopped_at)),
+                              lambda: None)
+        redis.start()
+
+        async def healthy():
+            return (await health(server))[0] == 200
+
+        await eventually(healthy)
+        resumed = await upload(server.port, ticket, data=data)
+        assert resumed.file_pos >= kept
+        assert resumed.last()[0] == "MsgAllDone", resumed.messages
+        (call,) = [c for c in backend.calls if c["id"] == ticket]
+        assert call["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (server.storage / ticket).read_bytes() == data
+    finally:
+        await server.stop()
+        redis.stop()

@@ -512,6 +512,25 @@ test("UPLOAD_BUSY (3) is retried with backoff, without onerror, and the upload t
     assert.deepEqual(events.endings(), ["onfinished"]);
 });
 
+test("STORE_UNAVAILABLE (12) is retried like NO_SPACE and the upload resumes", async () => {
+    const size = 4 * KiB;
+    const { page, up, ws, events } = await started(size);
+    ws.ack(1);
+    ws.deliver("MsgError", { ErrorCode: 12, Msg: "Redis at redis://r:6379/0 is unavailable" });
+    assert.equal(up.state_msg, "Redis at redis://r:6379/0 is unavailable");
+    assert.equal(up.error_code, page.incoming.ERROR.NONE);
+    ws.drop(1000);
+    assert.deepEqual(events.endings(), []);
+    page.clock.runNext();
+    const next = page.ws();
+    next.open();
+    next.conf({ FilePos: 1 * KiB });
+    assert.deepEqual(await ackUntilIdle(next), expectedBytes(1 * KiB, size));
+    next.deliver("MsgAllDone", { Success: true });
+    assert.deepEqual(events.endings(), ["onfinished"]);
+    assert.equal(page.incoming.ERROR.STORE_UNAVAILABLE, 12);
+});
+
 test("NO_SPACE (10), mid-stream or on connecting, is retried with backoff and the upload resumes from FilePos", async () => {
     const size = 8 * KiB;
     const { page, up, ws, events } = await started(size);
