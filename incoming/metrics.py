@@ -131,6 +131,24 @@ class Metrics:
             registry=r,
         )
 
+        self._redis = Histogram(
+            "incoming_redis_command_duration_seconds",
+            "Round-trip time of a Redis command or script (with --state).",
+            buckets=CHUNK_WRITE_BUCKETS,
+            registry=r,
+        )
+        self._takeovers = Counter(
+            "incoming_lock_takeovers",
+            "Uploads this server took over from another holder that let go (with --state).",
+            registry=r,
+        )
+        self._locks_lost = Counter(
+            "incoming_locks_lost",
+            "Holds on uploads this server lost: its lease ran out unrenewed or was "
+            "taken over (with --state).",
+            registry=r,
+        )
+
     def upload_created(self) -> None:
         self._created.inc()
 
@@ -157,6 +175,15 @@ class Metrics:
 
     def handover_failed(self) -> None:
         self._handover_failures.inc()
+
+    def redis_answered(self, seconds: float) -> None:
+        self._redis.observe(seconds)
+
+    def lock_taken_over(self) -> None:
+        self._takeovers.inc()
+
+    def lock_lost(self) -> None:
+        self._locks_lost.inc()
 
     def websocket_opened(self) -> None:
         self._websockets.inc()
@@ -189,6 +216,15 @@ class NullMetrics:
         pass
 
     def handover_failed(self) -> None:
+        pass
+
+    def redis_answered(self, seconds: float) -> None:
+        pass
+
+    def lock_taken_over(self) -> None:
+        pass
+
+    def lock_lost(self) -> None:
         pass
 
     def websocket_opened(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from time import perf_counter
 from urllib.parse import unquote, urlsplit
 
 import attr
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .interfaces import StoreUnavailable
+from .metrics import NO_METRICS
 
 COMMAND_TIMEOUT = 5.0
 POOL_SIZE = 1  # one connection: commands reach Redis in the order they were made
@@ -97,8 +99,11 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 class RedisHub:
     """Commands, scripts and channels over one Redis, under one key prefix."""
 
-    def __init__(self, address: RedisAddress, prefix: str, clock, timeout=COMMAND_TIMEOUT):
+    def __init__(
+        self, address: RedisAddress, prefix: str, clock, timeout=COMMAND_TIMEOUT, metrics=None
+    ):
         self.address = address
+        self.metrics = metrics if metrics is not None else NO_METRICS
         self.prefix = prefix
         self._clock = clock
         self._timeout = timeout
@@ -139,6 +144,12 @@ class RedisHub:
     # ---- commands ---------------------------------------------------------
 
     def _deadline(self, d: Deferred, what: str) -> Deferred:
+        started = perf_counter()
+
+        def answered(result):
+            self.metrics.redis_answered(perf_counter() - started)
+            return result
+
         def late(failure):
             if failure.check(txredisapi.ConnectionError, txredisapi.TimeoutError):
                 raise RedisUnavailable(f"Redis at {self.address} is unavailable: {what}")
@@ -148,7 +159,7 @@ class RedisHub:
                 )
             return failure
 
-        return d.addTimeout(self._timeout, self._clock).addErrback(late)
+        return d.addTimeout(self._timeout, self._clock).addCallbacks(answered, late)
 
     def command(self, name: str, *args) -> Deferred:
         d = self._pool.execute_command(name, *args)

@@ -78,6 +78,7 @@ class RedisLock:
         expired = self._locker._clock.seconds() - self._renewed_at >= self._locker.lease
         if failure.check(LockLost) or (self.held and expired):
             _log.warn("upload {id}: its lock was lost: {why}", id=self.upload_id, why=failure.value)
+            self._locker._hub.metrics.lock_lost()
             self._forget()
             if self._on_lost is not None:
                 self._on_lost()
@@ -155,6 +156,8 @@ class RedisLocker:
             answers = yield self._hub.request(channel, {"upload": upload_id}, ASK_TIMEOUT)
             if any(a.get("let_go") for a in answers):
                 lock = yield self._try(upload_id, on_release_requested, on_lost)
+                if lock is not None:
+                    self._hub.metrics.lock_taken_over()
         if lock is None:
             raise LockHeld(f"upload {upload_id} is held by another connection")
         return lock

@@ -15,9 +15,10 @@ from .redis_locker import RedisLocker
 from .redis_state import RedisStateStore
 
 
-def redis_stores(settings, run_blocking, clock) -> tuple[StoreComposer, RedisHub]:
+def redis_stores(settings, run_blocking, clock, metrics=None) -> tuple[StoreComposer, RedisHub]:
     """The stores, and the hub to close when the server stops."""
-    hub = RedisHub(parse_redis_url(settings.state), settings.state_prefix, clock)
+    address = parse_redis_url(settings.state)
+    hub = RedisHub(address, settings.state_prefix, clock, metrics=metrics)
     data = FolderStore(settings.storage_dir, run_blocking)
     stores = StoreComposer(
         data=data,

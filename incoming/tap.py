@@ -158,7 +158,7 @@ def makeService(config, reactor=None) -> MultiService:
     if settings.state:
         from .redis_stores import RedisGuard, redis_stores
 
-        stores, hub = redis_stores(settings, pool.run, reactor)
+        stores, hub = redis_stores(settings, pool.run, reactor, metrics)
         stores.data.prepare()
         guard = RedisGuard(settings, hub, stores.locker)
     checks = [guard.health] if guard is not None else []

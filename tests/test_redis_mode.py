@@ -138,6 +138,9 @@ async def test_redis_stopped_mid_upload_pauses_it_resumably_and_nothing_is_lost(
         assert outcome.last()[1]["ErrorCode"] == 12
         assert "try again later" in outcome.last()[1]["Msg"]
         assert reactor.seconds() - stopped_at < 9  # within a lease and a renewal
+        response = await treq.get(f"http://127.0.0.1:{server.port}/metrics")
+        text = await response.text()
+        assert "incoming_redis_command_duration_seconds_count" in text
         part = server.storage / f"{ticket}.part"
         kept = part.stat().st_size
         assert 0 < kept < len(data) and part.read_bytes() == data[:kept]

@@ -18,6 +18,7 @@ from incoming.redis_bus import RedisBus
 from incoming.redis_client import RedisHub, RedisUnavailable, parse_redis_url
 from incoming.redis_locker import RedisLocker
 from incoming.redis_state import RedisStateStore
+from incoming.metrics import Metrics
 from incoming.records import UploadRecord
 from redis_server import RedisServer, redis_server, unique_prefix  # noqa: F401 (fixture)
 
@@ -27,8 +28,9 @@ def instances(redis_server):  # noqa: F811
     """A factory of hubs on one Redis and one prefix: several instances."""
     prefix, hubs = unique_prefix(), []
 
-    def make(server=redis_server, timeout=5.0):
-        hub = RedisHub(parse_redis_url(server.url), prefix, reactor, timeout=timeout)
+    def make(server=redis_server, timeout=5.0, metrics=None):
+        hub = RedisHub(parse_redis_url(server.url), prefix, reactor, timeout=timeout,
+                       metrics=metrics)
         hubs.append(hub)
         return hub
 
@@ -66,6 +68,42 @@ async def test_another_instance_asks_the_holder_and_takes_over_when_it_lets_go(i
     with pytest.raises(LockLost):
         await first.renew()
     await second.release()
+
+
+def sample(metrics, name) -> float:
+    return metrics.registry.get_sample_value(name) or 0.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_round_trips_and_takeovers_are_counted(instances):
+    holder_metrics, taker_metrics = Metrics(), Metrics()
+    holder = RedisLocker(instances(metrics=holder_metrics), reactor)
+    taker = RedisLocker(instances(metrics=taker_metrics), reactor)
+    upload_id = new_ticket_id()
+    first = await holder.acquire(upload_id, lambda: succeed(True))
+    assert sample(holder_metrics, "incoming_redis_command_duration_seconds_count") >= 1
+    second = await taker.acquire(upload_id, never, ask_holder=True)
+    assert sample(taker_metrics, "incoming_lock_takeovers_total") == 1
+    assert sample(holder_metrics, "incoming_lock_takeovers_total") == 0
+    await second.release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hold_that_cannot_be_renewed_for_a_lease_is_lost_and_told(tmp_path, instances):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        metrics, lost = Metrics(), []
+        locker = RedisLocker(instances(server, timeout=0.3, metrics=metrics), reactor, lease=0.6)
+        lock = await locker.acquire(new_ticket_id(), never, on_lost=lambda: lost.append(True))
+        server.stop()  # Redis away: the renewals fail
+        await task.deferLater(reactor, 1.5, lambda: None)
+        assert lost == [True]
+        assert sample(metrics, "incoming_locks_lost_total") == 1
+        with pytest.raises(LockLost):
+            await lock.renew()
+    finally:
+        server.stop()
 
 
 @pytest_twisted.ensureDeferred
