@@ -183,19 +183,23 @@ class BackendCall(Resource):
     def call(self, params: Params) -> str:
         raise NotImplementedError
 
-    def _authorized_upload(self, params: Params):
-        """The upload named by `id`, if `backendSecret` matches it."""
+    def _authorized_ticket(self, params: Params) -> Deferred:
+        """Fire with the Ticket named by `id`, if `backendSecret` matches it
+        (wherever its upload runs)."""
         raw_id = params.required("id")
         ticket_id = parse_ticket_id(raw_id)
         if ticket_id is None:
             raise ApiError(400, f"id {raw_id!r} is not an upload ticket id (a UUID)")
-        upload = self._registry.get(ticket_id)
-        if upload is None:
-            raise ApiError(404, f"no upload with id {ticket_id}")
         given = params.optional("backendSecret", "").encode("utf-8")
-        if not hmac.compare_digest(given, upload.ticket.backend_secret.encode("utf-8")):
-            raise ApiError(403, "wrong backendSecret for this upload")
-        return upload
+
+        def check(ticket):
+            if ticket is None:
+                raise ApiError(404, f"no upload with id {ticket_id}")
+            if not hmac.compare_digest(given, ticket.backend_secret.encode("utf-8")):
+                raise ApiError(403, "wrong backendSecret for this upload")
+            return ticket
+
+        return self._registry.ticket_of(ticket_id).addCallback(check)
 
 
 class Params:
@@ -277,16 +281,18 @@ class CancelUpload(BackendCall):
     """Cancel an upload that is not being handed over yet."""
 
     def call(self, params):
-        upload = self._authorized_upload(params)
-        return self._registry.request_cancel(upload.ticket.id, "cancelled by the backend")
+        d = self._authorized_ticket(params)
+        return d.addCallback(
+            lambda ticket: self._registry.request_cancel(ticket.id, "cancelled by the backend")
+        )
 
 
 class FinishUpload(BackendCall):
     """The backend is done with a file it answered wait for."""
 
     def call(self, params):
-        upload = self._authorized_upload(params)
-        return self._registry.request_finish(upload.ticket.id)
+        d = self._authorized_ticket(params)
+        return d.addCallback(lambda ticket: self._registry.request_finish(ticket.id))
 
 
 def backend_api(registry, settings) -> Resource:

@@ -32,6 +32,12 @@ def lock_folder(folder: str) -> int:
         raise FolderInUse(
             f"{os.path.abspath(folder)} is in use by another Incoming!! server (pid {holder})"
         ) from None
+    write_pid(fd)
+    return fd
+
+
+def write_pid(fd: int) -> None:
+    """Put this process's pid in the lock file: again once twistd has forked
+    (a daemon's pid differs from the one that took the lock)."""
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd

@@ -198,6 +198,15 @@ class IStateStore(Interface):
         """Remove tombstones that ended before that time; fire with their ids."""
 
 
+class IDeadlines(Interface):
+    """Optional, for stores shared by several servers: each record's next
+    deadline (an idle or confirm timeout, the end of a retention, a handover
+    to resume) is indexed, so that any server can find the due ones."""
+
+    def due(before: float, limit: int) -> Any:
+        """Fire with up to ``limit`` ids whose deadline is before ``before``."""
+
+
 # ---- locks ------------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ class UploadRecord:
     waiting_since: float | None = None
     sha256: str | None = None
     cancel_reason: str | None = None
+    keep_file: bool = False  # cancelled, but its file stays (it may be the backend's)
     ended_at: float | None = None
     version: int = 0  # set by the state store on every write
 
@@ -71,6 +72,7 @@ _TYPES: dict[str, Any] = {
     "waiting_since": (int, float, type(None)),
     "sha256": (str, type(None)),
     "cancel_reason": (str, type(None)),
+    "keep_file": bool,
     "ended_at": (int, float, type(None)),
     "version": int,
 }

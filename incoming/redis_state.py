@@ -15,19 +15,20 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .interfaces import IStateStore, RecordExists, RecordInvalid, VersionConflict
+from .interfaces import IDeadlines, IStateStore, RecordExists, RecordInvalid, VersionConflict
 from .records import UploadRecord, record_from_json
 
-# KEYS: record, ids, ended.  ARGV: id, json, ended_at ("" if open).
+# KEYS: record, ids, ended, due.  ARGV: id, json, ended_at ("" if open), due ("" if none).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', '1', 'r', ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[1])
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
 return 1
 """
 
-# KEYS: record, ended.  ARGV: id, expected version, json, ended_at ("" if open).
+# KEYS: record, ended, due.  ARGV: id, expected version, json, ended_at, due.
 _UPDATE = """
 local current = redis.call('HGET', KEYS[1], 'v')
 if not current then return 'gone' end
@@ -38,14 +39,20 @@ if ARGV[4] ~= '' then
 else
   redis.call('ZREM', KEYS[2], ARGV[1])
 end
+if ARGV[5] ~= '' then
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
+else
+  redis.call('ZREM', KEYS[3], ARGV[1])
+end
 return 'ok'
 """
 
-# KEYS: record, ids, ended.  ARGV: id.
+# KEYS: record, ids, ended, due.  ARGV: id.
 _DELETE = """
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return 1
 """
 
@@ -67,24 +74,40 @@ def _ended_at(record: UploadRecord) -> str:
     return repr(record.ended_at) if record.ended and record.ended_at is not None else ""
 
 
-@implementer(IStateStore)
+@implementer(IStateStore, IDeadlines)
 class RedisStateStore:
-    """Upload records in Redis."""
+    """Upload records in Redis, with their next deadlines indexed (``due``)."""
 
     _log = Logger()
 
-    def __init__(self, hub):
+    def __init__(self, hub, deadline_of=None):
+        """``deadline_of(record)``: when something is due for it, or None."""
         self._hub = hub
         self._ids = hub.key("ids")
         self._ended = hub.key("ended")
+        self._due = hub.key("due")
+        self._deadline_of = deadline_of or (lambda record: None)
+
+    def _due_arg(self, record: UploadRecord) -> str:
+        when = self._deadline_of(record)
+        return "" if when is None else repr(float(when))
+
+    def due(self, before: float, limit: int):
+        d = self._hub.command("ZRANGEBYSCORE", self._due, "-inf", repr(before), "LIMIT", 0, limit)
+        return d.addCallback(lambda ids: [_text(i) for i in ids])
 
     def _record_key(self, upload_id: str) -> str:
         return self._hub.key("rec", upload_id)
 
     def create(self, record: UploadRecord):
         stored = evolve(record, version=1)
-        keys = [self._record_key(record.id), self._ids, self._ended]
-        args = [record.id, stored.to_json().decode("utf-8"), _ended_at(stored)]
+        keys = [self._record_key(record.id), self._ids, self._ended, self._due]
+        args = [
+            record.id,
+            stored.to_json().decode("utf-8"),
+            _ended_at(stored),
+            self._due_arg(stored),
+        ]
 
         def created(result):
             if int(result) != 1:
@@ -95,12 +118,13 @@ class RedisStateStore:
 
     def update(self, record: UploadRecord, expected_version: int):
         stored = evolve(record, version=expected_version + 1)
-        keys = [self._record_key(record.id), self._ended]
+        keys = [self._record_key(record.id), self._ended, self._due]
         args = [
             record.id,
             str(expected_version),
             stored.to_json().decode("utf-8"),
             _ended_at(stored),
+            self._due_arg(stored),
         ]
 
         def updated(result):
@@ -124,7 +148,7 @@ class RedisStateStore:
         return record_from_json(data, upload_id)
 
     def delete(self, upload_id: str):
-        keys = [self._record_key(upload_id), self._ids, self._ended]
+        keys = [self._record_key(upload_id), self._ids, self._ended, self._due]
         return self._hub.eval(_DELETE, keys, [upload_id]).addCallback(lambda _: None)
 
     @inlineCallbacks

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.logger import Logger
 
 from .ids import new_ticket_id, parse_ticket_id
@@ -93,8 +93,8 @@ class UploadRegistry:
             if record.id in expired:
                 continue
             try:
-                if record.state == "cancelled":  # its data may outlive a crash
-                    yield data.discard(record.id)
+                if record.state == "cancelled" and not record.keep_file:
+                    yield data.discard(record.id)  # its data may outlive a crash
                 held = None
                 # A ticket no browser used has no file: one listing tells, not a
                 # look per ticket (there may be 100,000).
@@ -169,8 +169,20 @@ class UploadRegistry:
             )
 
     def get(self, ticket_id: str) -> Upload | None:
+        """The upload, if this server has it at hand."""
         canonical = parse_ticket_id(ticket_id)
         return self._uploads.get(canonical) if canonical else None
+
+    def find(self, ticket_id: str) -> Deferred:
+        """Fire with the upload for a browser that connects, or None if
+        there is no such ticket (fails with LockHeld while another server
+        keeps it busy, with StoreUnavailable while the store is away)."""
+        return succeed(self.get(ticket_id))
+
+    def ticket_of(self, ticket_id: str) -> Deferred:
+        """Fire with the upload's Ticket (for the backend's secret), or None."""
+        upload = self.get(ticket_id)
+        return succeed(upload.ticket if upload is not None else None)
 
     def __iter__(self):
         return iter(list(self._uploads.values()))
@@ -233,6 +245,10 @@ class UploadRegistry:
         let queued storage work run; fire when done, or after ``timeout`` s."""
         closing = [upload.going_away() for upload in self]
         return DeferredList(closing).addTimeout(timeout, clock).addErrback(lambda f: None)
+
+    def stop(self) -> Deferred:
+        """At shutdown, once the browsers are closed (nothing to do here)."""
+        return succeed(None)
 
     def open_count(self) -> int:
         """Uploads that have not ended yet, tickets that never connected

@@ -39,3 +39,17 @@ def plan_restore(record: UploadRecord, held: tuple[int, bool] | None) -> Restore
     if held is None:
         return RestorePlan("paused", 0, recreate=True)
     return RestorePlan("paused", held[0])
+
+
+def next_deadline(record: UploadRecord, settings) -> float | None:
+    """When something is due for an upload that no server is working on:
+    its idle or confirm timeout, the end of its retention, or (a handover
+    that began) at once, for whoever finds it unattended."""
+    if record.ended:
+        return (record.ended_at or record.touched_at) + settings.retention
+    if record.state == "waiting_for_finish":
+        since = record.waiting_since if record.waiting_since is not None else record.touched_at
+        return since + settings.handover_confirm_timeout
+    if record.state == "handing_over":
+        return record.touched_at
+    return record.touched_at + settings.idle_timeout

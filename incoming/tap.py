@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from . import __version__
 from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
-from .folder_lock import FolderInUse, lock_folder
+from .folder_lock import FolderInUse, lock_folder, write_pid
 from .storage_pool import StoragePool
 
 DEFAULTS = Settings()
@@ -147,20 +147,22 @@ def makeService(config, reactor=None) -> MultiService:
     from .web import make_site, metrics_site
 
     settings = config.settings
-    try:  # held for the process's life: one server per storage folder
-        lock_folder(settings.storage_dir)
+    lock_fd = None
+    try:  # held for the process's life: one server per folder (unless they share)
+        if not settings.state:
+            lock_fd = lock_folder(settings.storage_dir)
     except FolderInUse as e:
         raise SystemExit(f"twistd incoming: --storage-dir (StorageDir) {e}") from None
     metrics = Metrics()  # this server's own CollectorRegistry
     pool = StoragePool(reactor)
     http = backend_http(reactor, backend_tls_policy(settings.backend_ca))
-    stores, guard = None, None
+    stores, guard, residency = None, None, None
     if settings.state:
         from .redis_stores import RedisGuard, redis_stores
 
-        stores, hub = redis_stores(settings, pool.run, reactor, metrics)
+        stores, residency, hub = redis_stores(settings, pool.run, reactor, metrics)
         stores.data.prepare()
-        guard = RedisGuard(settings, hub, stores.locker)
+        guard = RedisGuard(settings, hub)
     checks = [guard.health] if guard is not None else []
     site, registry = make_site(
         settings,
@@ -172,10 +174,13 @@ def makeService(config, reactor=None) -> MultiService:
         stores=stores,
         monotonic=time.monotonic,  # the reactor's clock is the wall clock
         health_checks=checks,
+        residency=residency,
     )
     service = MultiService()
     endpoint = serverFromString(reactor, settings.listen)
-    UploadServer(registry, reactor, endpoint, site, pool, guard).setServiceParent(service)
+    server = UploadServer(registry, reactor, endpoint, site, pool, guard)
+    server.lock_fd = lock_fd
+    server.setServiceParent(service)
     if settings.metrics_listen:
         StreamServerEndpointService(
             serverFromString(reactor, settings.metrics_listen),
@@ -201,6 +206,7 @@ class UploadServer(Service):
         """``guard``: checks made before the restore (``start``, failing with
         a reason to stop) and undone after the stop (``stop``)."""
         self._guard = guard
+        self.lock_fd: int | None = None  # the storage folder's lock, if held
         self._registry = registry
         self._reactor = reactor
         self._endpoint = endpoint
@@ -224,6 +230,8 @@ class UploadServer(Service):
         if self._port is None:  # not started by twistd (tests)
             self.privilegedStartService()
         super().startService()
+        if self.lock_fd is not None:
+            write_pid(self.lock_fd)  # after twistd's fork
         self._pool.startService()
         self.restored = maybeDeferred(self._guard.start) if self._guard else succeed(None)
         self.restored.addCallback(lambda _: self._registry.restore())
@@ -257,6 +265,7 @@ class UploadServer(Service):
         if self._bound is not None:
             self._bound.stopReading()  # no new browser between "going away" and the end
         d = self._registry.close_connections(self._reactor)
+        d.addCallback(lambda _: self._registry.stop())  # shared uploads: let go
         bound, self._bound = self._bound, None
         if bound is not None:
             d.addCallback(lambda _: bound.stopListening())

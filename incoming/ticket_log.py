@@ -102,7 +102,8 @@ def read_log(folder: str) -> LogContents:
         contents.records[record.id] = record
     if corrupt:
         try:
-            with open(os.path.join(folder, CORRUPT_NAME), "ab") as f:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            with open(os.open(os.path.join(folder, CORRUPT_NAME), flags, 0o600), "ab") as f:
                 f.write(b"".join(line + b"\n" for line in corrupt))
         except OSError as e:  # a full disk: the lines are in the log still
             _log.error("ticket log: cannot keep the corrupt lines aside: {why}", why=e.strerror)
@@ -157,7 +158,7 @@ def rewrite_log(folder: str, keep: Iterable[UploadRecord]) -> None:
         if not lines:
             remove_quietly(path)
         else:
-            with open(temp, "wb") as f:
+            with open(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.write(lines)
                 if durable:
                     f.flush()

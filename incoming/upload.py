@@ -130,6 +130,11 @@ class Upload:
         self._writes = 0  # generation of chunk writes: a full disk drops the queued ones
         self._forget_me = forget
         self._ended_hook = ended
+        self._offered_before = False  # a handover made again after a restart
+        self._keep_file = record.keep_file
+        # Told when nothing runs here any more (no browser, no handover): a
+        # server that shares uploads lets it go then (incoming.registry).
+        self.at_rest: Any = None
         self.length: int | None = record.length
         self.browser_name = record.browser_name
         self.last_modified = record.last_modified
@@ -175,6 +180,7 @@ class Upload:
             upload._waiting_since = now - waited
             upload._arm_confirm(max(0.0, services.settings.handover_confirm_timeout - waited))
         elif plan.state == "handing_over":
+            upload._offered_before = True  # maybe answered before the restart
             services.clock.callLater(0, upload._resume_handover)
         else:
             idle = services.settings.idle_timeout - (now - min(upload._touched_at, now))
@@ -424,6 +430,21 @@ class Upload:
         self._finish()
         return "ok"
 
+    def _rested(self) -> None:
+        if self.at_rest is not None and self._channel is None:
+            self.at_rest(self)
+
+    def quiesce(self) -> Deferred:
+        """Stop this object's timers and fire once its storage work and
+        record writes have run: another server may take the upload then."""
+        for name in ("_idle_timer", "_confirm_timer", "_forget_timer"):
+            timer = getattr(self, name)
+            setattr(self, name, None)
+            if timer is not None:
+                timer.cancel()
+        self._forget_sample()
+        return gatherResults([self._io.run(lambda: None), self._saves.run(lambda: None)])
+
     def going_away(self) -> Deferred:
         """At shutdown: close the browser connection with "going away", and
         fire once the data operations already asked for have run."""
@@ -564,6 +585,7 @@ class Upload:
             waiting_since=self._waiting_since,
             sha256=self.sha256,
             cancel_reason=self.cancel_reason,
+            keep_file=self._keep_file,
             ended_at=self._ended_at,
         )
 
@@ -635,6 +657,7 @@ class Upload:
         if self._ended_hook is not None:
             self._ended_hook(self)
         self._forget_timer = self._deadline(delay, self._forget)
+        self._clock.callLater(0, self._rested)  # once the ending transition is over
 
     def _send_to(self, channel, method: str, *args) -> None:
         if channel is not None:
@@ -732,6 +755,8 @@ class Upload:
         throttled, self._throttled = self._throttled, None
         if throttled is not None:  # so that it reads the browser's close
             throttled.resume_reading()
+        if self.state in ("created", "paused", "waiting_for_finish", "finished", "cancelled"):
+            self._rested()
 
     @_machine.output()
     def _log_paused(self):
@@ -797,6 +822,7 @@ class Upload:
         self._log.info("upload {id}: backend answered wait", id=self.ticket.id)
         self._waiting_since = self._clock.seconds()
         self._arm_confirm(self._settings.handover_confirm_timeout)
+        self._clock.callLater(0, self._rested)
 
     @_machine.output()
     def _stop_confirm_timer(self):
@@ -883,7 +909,6 @@ class Upload:
         another server may take it, so stop taking bytes; the browser comes
         back."""
         if self.state == "uploading" and self._channel is not None:
-            self._lock = None
             self._store_away(
                 "the server lost its hold on this upload (its shared store does not "
                 "answer); try again later",
@@ -1126,10 +1151,29 @@ class Upload:
 
     @_machine.output()
     def _bury_then_discard(self):
+        self._bury_and_discard()
+
+    def _bury_and_discard(self) -> None:
         """Record the tombstone, then delete the data (a crash in between:
         the restore deletes a cancelled upload's data)."""
         d = self._persist().addErrback(self._logged("recording the cancellation"))
         d.addCallback(lambda _: self._discard_data_now())
+
+    @_machine.output()
+    def _bury_keep_if_offered(self):
+        """A failed handover: the data goes, unless the file was handed over
+        before a restart.  The record of the backend's answer may be what a
+        power loss took, so the backend may hold the file: it stays."""
+        if not self._offered_before:
+            return self._bury_and_discard()
+        self._keep_file = True
+        self._log.warn(
+            "upload {id}: its handover, made again after a restart, failed; the file "
+            "{path} is left in place (the backend may have taken it before)",
+            id=self.ticket.id,
+            path=self._location or self._stores.data.location(self.ticket.id),
+        )
+        self._persist().addErrback(self._logged("recording the cancellation"))
 
     def _discard_data_now(self) -> None:
         def discard(_):  # after the writes queued before it
@@ -1239,7 +1283,7 @@ class Upload:
                 _record_cancel,
                 _count_handover_failure,
                 _record_end,
-                _bury_then_discard,
+                _bury_keep_if_offered,
                 _tell_browser_handover_failed,
                 _report_cancel,
                 _schedule_forget,
@@ -1252,7 +1296,7 @@ class Upload:
                 _stop_confirm_timer,
                 _record_cancel,
                 _record_end,
-                _bury_then_discard,
+                _bury_keep_if_offered,
                 _tell_browser_server_error,
                 _report_cancel,
                 _schedule_forget,

@@ -102,6 +102,7 @@ def make_site(
     stores=None,
     monotonic=None,
     health_checks=(),
+    residency=None,
 ) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry
     (not restored yet: call ``registry.restore()``, as the service does at start).
@@ -115,6 +116,8 @@ def make_site(
     seconds for the timers that cancel or fail uploads, time.monotonic in
     production) to the clock's; ``health_checks`` are what /health asks
     besides the storage folder (callables firing with None or a problem).
+    With ``residency`` (a locker shared with other servers) the uploads are
+    shared with them (`incoming.shared_registry`).
     """
     if metrics is None:
         metrics = Metrics()
@@ -122,6 +125,15 @@ def make_site(
         stores = embedded_stores(settings, run_blocking)
         stores.data.prepare()
     backend = BackendClient(http, clock, settings.handover_timeout, monotonic)
-    registry = UploadRegistry(settings, stores, backend, clock, run_blocking, metrics, monotonic)
+    if residency is not None:
+        from .shared_registry import SharedRegistry
+
+        registry: UploadRegistry = SharedRegistry(
+            settings, stores, backend, clock, run_blocking, metrics, monotonic, residency=residency
+        )
+    else:
+        registry = UploadRegistry(
+            settings, stores, backend, clock, run_blocking, metrics, monotonic
+        )
     root = build_root(registry, settings, clock, demo, run_blocking, metrics, health_checks)
     return _site(root), registry

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 
 from . import wire
+from .interfaces import LockHeld, StoreUnavailable
 from .metrics import NO_METRICS
 from .upload import REPLY_ERROR
 from .wire import ErrorCode, ProtocolError
@@ -52,6 +53,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._echo_expected = False  # we sent MsgCancel; a 0.1 page echoes it
         self._window_bytes = None  # set for a client that announced byte-window
         self.features: frozenset = frozenset()  # what its MsgUploadReq announced
+        self._finding: list | None = None  # messages held while the upload is looked up
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
         self.factory.metrics.websocket_opened()
         self._deadline = self.factory.clock.callLater(
@@ -86,6 +88,9 @@ class UploadProtocol(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         if self._closing:
             return
+        if self._finding is not None:  # MsgUploadReq's upload is being looked up
+            self._finding.append((payload, isBinary))
+            return
         if isBinary:
             if self._upload is None:
                 self.fail(ErrorCode.PROTOCOL, "file data before MsgUploadReq")
@@ -106,7 +111,15 @@ class UploadProtocol(WebSocketServerProtocol):
         if wire.BYTE_WINDOW in features:
             self._window_bytes = self.factory.settings.window
         self._cancel_deadline()
-        upload = self.factory.registry.get(upload_id)
+        self._finding = []
+        d = self.factory.registry.find(upload_id)
+        d.addCallbacks(self._found, self._not_found, callbackArgs=(upload_id, length, name, data))
+        d.addErrback(lambda f: self._log.failure("upload {id}: connecting", f, id=upload_id))
+
+    def _found(self, upload, upload_id, length, name, data):
+        waiting, self._finding = self._finding or [], None
+        if self._closing:
+            return
         if upload is None:
             self.fail(ErrorCode.UNKNOWN_UPLOAD, f"unknown upload ticket {wire.shown(upload_id)}")
             return
@@ -115,10 +128,23 @@ class UploadProtocol(WebSocketServerProtocol):
             self,
             length,
             name,
-            takeover=wire.TAKEOVER in features,
-            fingerprint=wire.FINGERPRINT in features,
+            takeover=wire.TAKEOVER in self.features,
+            fingerprint=wire.FINGERPRINT in self.features,
             last_modified=wire.last_modified_field(data),
         )
+        for payload, is_binary in waiting:  # what came while it was looked up
+            self.onMessage(payload, is_binary)
+
+    def _not_found(self, failure):
+        self._finding = None
+        if failure.check(LockHeld):
+            self.fail(ErrorCode.UPLOAD_BUSY, "another connection is bound to this upload")
+        elif failure.check(StoreUnavailable):
+            self.fail(ErrorCode.STORE_UNAVAILABLE, f"{failure.value}; try again later")
+        else:
+            self.fail(ErrorCode.SERVER_ERROR, "cannot open this upload; see the server's log")
+            return failure
+        return None
 
     def _on_MsgAck(self, data):
         if self._upload is None:

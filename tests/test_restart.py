@@ -307,3 +307,35 @@ def test_an_empty_part_file_beside_a_fresh_ticket_is_no_reason_to_drop_it(tmp_pa
     outcome = FakeChannel()
     upload.connect(outcome, 5, "f.bin")
     assert outcome.events[0] == ("conf", 0)
+
+
+def test_a_handover_made_again_after_a_power_loss_that_fails_keeps_the_file(tmp_path):
+    """The backend answered done and kept the file; a power loss took that
+    record, so the restart hands the file over again; the backend fails that
+    one (it is still down).  The file may be the backend's: it stays, also
+    across the next restart."""
+    from twisted.python.failure import Failure
+
+    from test_upload_machine import FakeBackend
+
+    settings = Settings(storage_dir=str(tmp_path), idle_timeout=1000.0, handover_timeout=10.0)
+    first = embedded_registry(settings, FakeBackend(), task.Clock())
+    upload = create(first, remove=False)
+    channel = FakeChannel()
+    upload.connect(channel, 5, "f.bin")
+    upload.receive(channel, b"12345")  # complete: handing over, and then the power went
+    assert upload.state == "handing_over"
+
+    backend = FakeBackend()
+    again = embedded_registry(settings, backend, task.Clock())
+    again.restore()
+    clock = again._services.clock
+    clock.advance(0)  # the handover is made again
+    (handover,) = backend.handovers
+    handover.deferred.errback(Failure(RuntimeError("backend answered 500")))
+    assert again.get(upload.ticket.id).state == "cancelled"
+    assert (tmp_path / upload.ticket.id).read_bytes() == b"12345"  # left in place
+
+    third = embedded_registry(settings, FakeBackend(), task.Clock())
+    third.restore()
+    assert (tmp_path / upload.ticket.id).read_bytes() == b"12345"
