@@ -85,6 +85,16 @@ http {{
 """
 
 
+def cluster_variant(text: str) -> str:
+    """The file with its commented upstream for several servers in place of
+    the one-server upstream."""
+    single = re.findall(r"^upstream incoming_server \{\n.*?^\}\n", text, re.M | re.S)
+    several = re.findall(r"^#upstream incoming_server \{\n.*?^#\}\n", text, re.M | re.S)
+    assert len(single) == len(several) == 1, f"{SHIPPED} no longer has both upstream blocks"
+    uncommented = re.sub(r"^#", "", several[0], flags=re.M)
+    return text.replace(several[0], "").replace(single[0], uncommented)
+
+
 def nginx_command(folder: Path, site: str) -> list[str]:
     """nginx -p <folder>, with ``site`` (a site config) in a minimal nginx.conf."""
     (folder / "logs").mkdir()
@@ -259,6 +269,15 @@ def tickets(app: TwistdServer) -> set:
 def test_nginx_accepts_the_shipped_config_without_warnings(stack):
     _, proxy = stack
     assert_config_passes(proxy.config_test)
+
+
+def test_nginx_accepts_the_upstream_for_several_servers(tmp_path, pki):  # noqa: F811
+    """The commented upstream block, swapped in, with the same swaps."""
+    site = cluster_variant(site_config(tmp_path, free_port(), free_port(), free_port(), pki))
+    assert re.search(r"^upstream incoming_server \{\n(    server 127\.0\.0\.1:401[123];.*\n){3}\}",
+                     site, re.M), site
+    assert not re.search(r"^\s*(ip_hash|hash|sticky)\b", site, re.M)
+    assert_config_passes(config_test(nginx_command(tmp_path, site)))
 
 
 def test_websocket_timeouts_outlast_the_servers_websocket_timeout():
