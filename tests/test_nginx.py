@@ -85,51 +85,70 @@ http {{
 """
 
 
-class Nginx:
-    """nginx -p <folder>: the shipped site config in a minimal nginx.conf."""
+def cluster_variant(text: str) -> str:
+    """The file with its commented upstream for several servers in place of
+    the one-server upstream."""
+    single = re.findall(r"^upstream incoming_server \{\n.*?^\}\n", text, re.M | re.S)
+    several = re.findall(r"^#upstream incoming_server \{\n.*?^#\}\n", text, re.M | re.S)
+    assert len(single) == len(several) == 1, f"{SHIPPED} no longer has both upstream blocks"
+    uncommented = re.sub(r"^#", "", several[0], flags=re.M)
+    return text.replace(several[0], "").replace(single[0], uncommented)
 
-    def __init__(self, folder: Path, upstream: int, pki):  # noqa: F811
+
+def nginx_command(folder: Path, site: str) -> list[str]:
+    """nginx -p <folder>, with ``site`` (a site config) in a minimal nginx.conf."""
+    (folder / "logs").mkdir()
+    (folder / "tmp").mkdir()
+    (folder / "incoming.conf").write_text(site)
+    # As root (CI) the workers would switch to "nobody", who cannot enter
+    # the test's private tmp folder; as anyone else the directive is moot.
+    user = "user root root;" if os.geteuid() == 0 else ""
+    (folder / "nginx.conf").write_text(MAIN_CONFIG.format(folder=folder, user=user))
+    return [nginx_binary(), "-p", str(folder), "-c", str(folder / "nginx.conf"),
+            "-e", str(folder / "logs" / "error.log")]
+
+
+def config_test(command: list[str]) -> subprocess.CompletedProcess:
+    """nginx -t for that command's configuration."""
+    return subprocess.run(command + ["-t"], capture_output=True, text=True, timeout=60)
+
+
+def assert_config_passes(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+class Proxy:
+    """A proxy in the foreground, with a public (TLS) and an internal port
+    on loopback; its output goes to <folder>/<name>.out."""
+
+    name = "proxy"
+
+    def __init__(self, folder: Path):
         self.folder = folder
         self.public = free_port()
         self.internal = free_port()
         while self.internal == self.public:
             self.internal = free_port()
-        (folder / "logs").mkdir()
-        (folder / "tmp").mkdir()
-        (folder / "incoming.conf").write_text(
-            site_config(folder, upstream, self.public, self.internal, pki))
-        # As root (CI) the workers would switch to "nobody", who cannot enter
-        # the test's private tmp folder; as anyone else the directive is moot.
-        user = "user root root;" if os.geteuid() == 0 else ""
-        (folder / "nginx.conf").write_text(MAIN_CONFIG.format(folder=folder, user=user))
-        self.command = [nginx_binary(), "-p", str(folder), "-c", str(folder / "nginx.conf"),
-                        "-e", str(folder / "logs" / "error.log")]
-        self.config_test = subprocess.run(self.command + ["-t"], capture_output=True,
-                                          text=True, timeout=60)
-        self._out = open(folder / "nginx.out", "wb")
-        self.process = subprocess.Popen(self.command, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def start(self, command: list[str]) -> None:
+        self._out = open(self.folder / f"{self.name}.out", "wb")
+        self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        raise NotImplementedError
 
     def wait_listening(self, timeout=30.0):
         deadline = time.monotonic() + timeout
         for port in (self.public, self.internal):
             while True:
-                assert self.process.poll() is None, f"nginx exited: {self.log()}"
+                assert self.process.poll() is None, f"{self.name} exited: {self.log()}"
                 with socket.socket() as s:
                     if s.connect_ex(("127.0.0.1", port)) == 0:
                         break
-                assert time.monotonic() < deadline, f"nginx did not listen: {self.log()}"
+                assert time.monotonic() < deadline, f"{self.name} did not listen: {self.log()}"
                 time.sleep(0.05)
-
-    def log(self) -> str:
-        texts = [self.config_test.stderr]
-        for name in ("nginx.out", "logs/error.log"):
-            path = self.folder / name
-            if path.exists():
-                texts.append(path.read_text(errors="replace"))
-        return "\n".join(texts)
-
-    def access_log(self, name: str) -> str:
-        return (self.folder / "logs" / name).read_text()
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -146,6 +165,30 @@ class Nginx:
 
     def internal_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.internal}{path}"
+
+
+class Nginx(Proxy):
+    """nginx -p <folder>: the shipped site config in a minimal nginx.conf."""
+
+    name = "nginx"
+
+    def __init__(self, folder: Path, upstream: int, pki):  # noqa: F811
+        super().__init__(folder)
+        self.command = nginx_command(
+            folder, site_config(folder, upstream, self.public, self.internal, pki))
+        self.config_test = config_test(self.command)
+        self.start(self.command)
+
+    def log(self) -> str:
+        texts = [self.config_test.stderr]
+        for name in ("nginx.out", "logs/error.log"):
+            path = self.folder / name
+            if path.exists():
+                texts.append(path.read_text(errors="replace"))
+        return "\n".join(texts)
+
+    def access_log(self, name: str) -> str:
+        return (self.folder / "logs" / name).read_text()
 
 
 def wait_until_listening(server: TwistdServer, timeout=30.0):
@@ -225,9 +268,16 @@ def tickets(app: TwistdServer) -> set:
 
 def test_nginx_accepts_the_shipped_config_without_warnings(stack):
     _, proxy = stack
-    assert proxy.config_test.returncode == 0, proxy.config_test.stderr
-    assert "test is successful" in proxy.config_test.stderr
-    assert "[warn]" not in proxy.config_test.stderr, proxy.config_test.stderr
+    assert_config_passes(proxy.config_test)
+
+
+def test_nginx_accepts_the_upstream_for_several_servers(tmp_path, pki):  # noqa: F811
+    """The commented upstream block, swapped in, with the same swaps."""
+    site = cluster_variant(site_config(tmp_path, free_port(), free_port(), free_port(), pki))
+    assert re.search(r"^upstream incoming_server \{\n(    server 127\.0\.0\.1:401[123];.*\n){3}\}",
+                     site, re.M), site
+    assert not re.search(r"^\s*(ip_hash|hash|sticky)\b", site, re.M)
+    assert_config_passes(config_test(nginx_command(tmp_path, site)))
 
 
 def test_websocket_timeouts_outlast_the_servers_websocket_timeout():
@@ -262,7 +312,8 @@ async def test_upload_through_the_public_block(stack, pki, app_server, browser, 
         "incoming.access.log")
 
 
-@pytest.mark.parametrize("path", [
+# Paths that a public side must refuse, whatever their spelling.
+PUBLIC_REFUSALS = [
     "/incoming/0.1/backend/new_upload",
     "/incoming/0.1/backend/cancel_upload",
     "/incoming/0.1/backend/finish_upload",
@@ -272,46 +323,61 @@ async def test_upload_through_the_public_block(stack, pki, app_server, browser, 
     "/demo/api/ticket",
     "/metrics",
     "/health",
-])
-@pytest_twisted.ensureDeferred
-async def test_public_block_refuses_the_backend_api_and_the_demo(stack, browser, backend, path):  # noqa: F811
-    app, proxy = stack
-    before = tickets(app)
+]
+
+
+async def assert_refused_publicly(browser, proxy, apps, backend, path, codes):  # noqa: F811
+    """POST and GET of ``path`` on the proxy's public side get one of
+    ``codes(method)`` and open no upload on any of ``apps``."""
+    before = [tickets(app) for app in apps]
     for method in ("POST", "GET"):
         response = await browser.request(method, proxy.public_url(path), data={
             "signalFinishURL": backend.url, "backendSecret": "s3cret"} if method == "POST" else None)
         text = await response.text()
-        assert response.code in (403, 404), (method, response.code, text)
+        assert response.code in codes(method), (method, response.code, text)
         assert not is_ticket(text.strip())
-    assert tickets(app) == before  # no upload was opened
+    assert [tickets(app) for app in apps] == before  # no upload was opened
+
+
+@pytest.mark.parametrize("path", PUBLIC_REFUSALS)
+@pytest_twisted.ensureDeferred
+async def test_public_block_refuses_the_backend_api_and_the_demo(stack, browser, backend, path):  # noqa: F811
+    app, proxy = stack
+    await assert_refused_publicly(browser, proxy, [app], backend, path, lambda method: (403, 404))
+
+
+async def assert_internal_side(proxy, apps, app_server, outsider, backend) -> str:  # noqa: F811
+    """The proxy's internal side: new_upload for the app's servers (the
+    ticket, asked for with the secret in the query string as 0.1 backends
+    do), 403 for other addresses, /health; not the browsers' routes."""
+    url = proxy.internal_url("/incoming/0.1/backend/new_upload")
+    response = await app_server.post(url, params={"signalFinishURL": backend.url,
+                                                  "backendSecret": "query-s3cret"})
+    ticket = await response.text()
+    assert response.code == 200 and is_ticket(ticket), ticket
+
+    before = [tickets(app) for app in apps]
+    response = await outsider.post(url, data={"signalFinishURL": backend.url})
+    assert response.code == 403
+    assert not is_ticket((await response.text()).strip())
+    assert [tickets(app) for app in apps] == before
+
+    response = await app_server.get(proxy.internal_url("/incoming/0.1/frontend/incoming.js"))
+    assert response.code == 404
+    await response.content()
+    response = await app_server.get(proxy.internal_url("/health"))
+    assert (response.code, (await response.text()).strip()) == (200, "ok")
+    return ticket
 
 
 @pytest_twisted.ensureDeferred
 async def test_internal_block_serves_the_backend_api_to_the_app_network_only(
         stack, app_server, outsider, backend):  # noqa: F811
     app, proxy = stack
-    url = proxy.internal_url("/incoming/0.1/backend/new_upload")
-    # 0.1 backends put the secret in the query string
-    response = await app_server.post(url, params={"signalFinishURL": backend.url,
-                                                  "backendSecret": "query-s3cret"})
-    ticket = await response.text()
-    assert response.code == 200 and is_ticket(ticket), ticket
+    ticket = await assert_internal_side(proxy, [app], app_server, outsider, backend)
     response = await app_server.post(proxy.internal_url("/incoming/0.1/backend/cancel_upload"),
                                      data={"id": ticket, "backendSecret": "query-s3cret"})
     assert response.code == 200, await response.text()
-
-    before = tickets(app)
-    response = await outsider.post(url, data={"signalFinishURL": backend.url})
-    assert response.code == 403
-    assert not is_ticket((await response.text()).strip())
-    assert tickets(app) == before
-
-    # browsers' routes are not served here, the health check is
-    response = await app_server.get(proxy.internal_url("/incoming/0.1/frontend/incoming.js"))
-    assert response.code == 404
-    await response.content()
-    response = await app_server.get(proxy.internal_url("/health"))
-    assert (response.code, (await response.text()).strip()) == (200, "ok")
 
     log = proxy.access_log("incoming-backend.access.log")
     assert "POST /incoming/0.1/backend/new_upload HTTP/1.1\" 200" in log
