@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from test_nginx import (APP_ORIGIN, APP_SERVER, PUBLIC_REFUSALS, Proxy,  # noqa:
                         app_server, assert_internal_side, assert_refused_publicly, browser,
                         is_ticket, outsider, tickets, wait_until_listening)
 from test_tls import pki  # noqa: F401 (fixture)
+from redis_server import redis_server, unique_prefix  # noqa: F401 (fixture)
 from test_twistd import TwistdServer, backend, free_port  # noqa: F401 (fixture)
 from wsclient import upload
 
@@ -114,9 +116,11 @@ class HAProxy(Proxy):
 
 
 @contextlib.contextmanager
-def running_stack(tmp_path_factory, pki):  # noqa: F811
-    """Three independent `twistd incoming`, HAProxy in front of them."""
-    apps = [TwistdServer(tmp_path_factory.mktemp(name), "--allowed-origins", APP_ORIGIN, "--demo")
+def running_stack(tmp_path_factory, pki, shared=()):  # noqa: F811
+    """Three `twistd incoming`, HAProxy in front of them: independent, or
+    sharing uploads with the options ``shared``."""
+    apps = [TwistdServer(tmp_path_factory.mktemp(name), "--allowed-origins", APP_ORIGIN, "--demo",
+                         *shared)
             for name in SERVERS]
     proxy = None
     try:
@@ -303,3 +307,38 @@ async def test_failing_servers_are_taken_out_and_uploads_go_on(
         assert outcomes[-1].last()[0] == "MsgAllDone", outcomes[-1].messages
         assert len(outcomes) <= 2
         assert (issuer.storage / issued[-1]).read_bytes() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_servers_that_share_uploads_lose_nothing_when_one_is_killed(
+        tmp_path_factory, pki, app_server, backend, redis_server):  # noqa: F811
+    """Three servers on one folder and one Redis prefix behind the shipped
+    round-robin: the one that takes the upload is killed (SIGKILL) in the
+    middle; the client reconnects through HAProxy, reaches another, and the
+    file arrives whole."""
+    folder = tmp_path_factory.mktemp("shared-storage")
+    shared = ("--storage-dir", str(folder), "--state", redis_server.url,
+              "--state-prefix", unique_prefix())
+    with running_stack(tmp_path_factory, pki, shared) as (apps, proxy):
+        ticket = await new_ticket(app_server, proxy, backend)
+        data = os.urandom(3 * 1024 * 1024)
+        tls = optionsForClientTLS("127.0.0.1", trustRoot=pki.trust_root())
+        first = upload(proxy.public, ticket, data=data, origin=APP_ORIGIN, tls=tls, pace=0.5)
+        await eventually(lambda: any("browser connected" in a.log() for a in apps),
+                         "a server took the upload")
+        [holder] = [a for a in apps if "browser connected" in a.log()]
+        await task.deferLater(reactor, 1.2, lambda: None)
+        holder.process.kill()
+        cut = await first
+        assert not cut.messages or cut.last()[0] != "MsgAllDone"
+        for _ in range(40):  # busy (code 3) until the dead server's lease runs out
+            outcome = await upload(proxy.public, ticket, data=data, origin=APP_ORIGIN, tls=tls,
+                                   features=("takeover",))
+            if outcome.messages and outcome.last()[0] == "MsgAllDone":
+                break
+            await task.deferLater(reactor, 0.5, lambda: None)
+        assert outcome.last()[0] == "MsgAllDone", outcome.messages
+        assert outcome.file_pos > 0  # resumed where the killed server stopped
+        assert (folder / ticket).read_bytes() == data
+        [call] = [c for c in backend.calls if c["id"] == ticket]
+        assert call["sha256"] == hashlib.sha256(data).hexdigest()
