@@ -51,6 +51,7 @@ class Settings:
     backend_ca: str = ""
     state: str = attr.ib(default="", repr=False)  # a URL may hold a password
     state_prefix: str = "incoming:"
+    workers: int = 1
     finish_url_hosts: tuple = ()  # empty: a signalFinishURL may name any host
 
     @property
@@ -456,6 +457,17 @@ SETTINGS += [
     ),
 ]
 
+SETTINGS.append(
+    Setting(
+        "workers",
+        "workers",
+        "Workers",
+        lambda value: _integer(value, 1, 256),
+        "Worker processes that share the listening port (use the machine's "
+        "cores); more than 1 needs --state, through which they share the uploads.",
+    )
+)
+
 SETTING_BY_FIELD = {s.field: s for s in SETTINGS}
 YAML_KEYS = {s.yaml_key: s for s in SETTINGS if s.yaml_key} | {
     "IncomingIP": None,
@@ -513,6 +525,17 @@ def read_yaml_config(text: str) -> dict:
 
 def check_consistency(settings: Settings) -> Settings:
     """Refuse combinations that cannot work; return the settings unchanged."""
+    if settings.workers > 1 and not settings.state:
+        raise ConfigError(
+            f"{describe('workers')} {settings.workers} needs {describe('state')}: "
+            "the workers share their uploads through it"
+        )
+    if settings.workers > 1 and settings.metrics_listen:
+        raise ConfigError(
+            f"{describe('workers')} {settings.workers} cannot be combined with "
+            f"{describe('metrics_listen')} (each worker would need a port of its own); "
+            "each worker answers /metrics on the main port"
+        )
     if settings.handover_timeout > settings.idle_timeout:
         raise ConfigError(
             f"{describe('handover_timeout')} {settings.handover_timeout:g} s is "

@@ -14,17 +14,22 @@ values must stay few, and text may carry anything.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     GCCollector,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder
 from twisted.web.resource import Resource
+
+from . import __version__
 
 # Why an upload was cancelled: the `reason` label of incoming_uploads_cancelled.
 BROWSER = "browser"  # MsgCancel or MsgError from the browser
@@ -88,6 +93,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry if registry is not None else server_registry()
         r = self.registry
+        Info("incoming_server", "This server process.", registry=r).info(
+            {"version": __version__, "pid": str(os.getpid())}
+        )
         self._created = Counter(
             "incoming_uploads_created", "Upload tickets issued (new_upload).", registry=r
         )

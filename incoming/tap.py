@@ -8,6 +8,7 @@ Settings come from the defaults (those of the 0.1 server), then the
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from twisted.application.internet import StreamServerEndpointService
@@ -147,6 +148,14 @@ def makeService(config, reactor=None) -> MultiService:
     from .web import make_site, metrics_site
 
     settings = config.settings
+    from .workers import WORKER_ENV, AdoptedPort, WorkerParent
+
+    worker_fd = os.environ.pop(WORKER_ENV, None)
+    if settings.workers > 1 and worker_fd is None:  # the parent: only the port
+        parent = MultiService()
+        endpoint = serverFromString(reactor, settings.listen)
+        WorkerParent(reactor, endpoint, settings.workers, sys.argv).setServiceParent(parent)
+        return parent
     lock_fd = None
     try:  # held for the process's life: one server per folder (unless they share)
         if not settings.state:
@@ -177,7 +186,10 @@ def makeService(config, reactor=None) -> MultiService:
         residency=residency,
     )
     service = MultiService()
-    endpoint = serverFromString(reactor, settings.listen)
+    if worker_fd is not None:
+        endpoint = AdoptedPort(reactor, int(worker_fd))
+    else:
+        endpoint = serverFromString(reactor, settings.listen)
     server = UploadServer(registry, reactor, endpoint, site, pool, guard)
     server.lock_fd = lock_fd
     server.setServiceParent(service)

@@ -53,6 +53,7 @@ HELP_DEFAULTS = {
     "backend_ca": "the system's trust store",
     "state": "the storage folder",
     "state_prefix": "incoming:",
+    "workers": "1",
     "finish_url_hosts": "none",
 }
 

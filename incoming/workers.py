@@ -1,0 +1,166 @@
+"""
+``--workers N``: N server processes on one listening port, so that one
+machine's cores all take uploads.
+
+The parent binds the port (before twistd drops privileges) and accepts
+nothing itself; each worker is ``twistd -n incoming`` with the same
+options and adopts the parent's socket (passed as file descriptor 3), so
+the kernel spreads the connections over them.  The workers share their
+uploads through ``--state`` (Redis), as separate servers do.  The parent
+starts a worker again if one dies, and at SIGTERM stops them all (each
+closes its browsers with "going away") and waits for them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import Logger
+
+WORKER_FD = 3
+WORKER_ENV = "INCOMING_WORKER_FD"  # set for a worker: the socket it adopts
+RESPAWN_SECONDS = 1.0
+STOP_SECONDS = 15.0
+
+_log = Logger()
+
+
+def worker_arguments(argv: list[str]) -> list[str]:
+    """The options of ``incoming`` in twistd's argv, without --workers."""
+    options = argv[argv.index("incoming") + 1 :]
+    kept, skip = [], False
+    for arg in options:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        kept.append(arg)
+    return kept
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, parent: WorkerParent, number: int):
+        self.parent = parent
+        self.number = number
+        self.ended: Deferred = Deferred()
+
+    def processEnded(self, reason):
+        self.parent._ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerParent(Service):
+    """Binds the port, runs the workers, keeps them running."""
+
+    def __init__(self, reactor, endpoint, count: int, argv: list[str]):
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._count = count
+        self._argv = argv
+        self._port: Any = None
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        d = self._endpoint.listen(Factory())  # never accepts: the workers do
+        d.addCallback(self._bound)
+        d.addErrback(self._cannot_start)
+
+    def _bound(self, port):
+        port.stopReading()
+        self._port = port
+        if self.running:
+            self._start_all()
+
+    def _cannot_start(self, failure):
+        _log.failure("cannot listen; stopping", failure)
+        self._reactor.callWhenRunning(self._reactor.stop)
+
+    def startService(self):
+        super().startService()
+        if self._port is not None:
+            self._start_all()
+
+    def _start_all(self):
+        _log.info(
+            "{count} workers share {address}", count=self._count, address=self._port.getHost()
+        )
+        for number in range(1, self._count + 1):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        if self._stopping:
+            return
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        args = [twistd, "-n", "--pidfile=", "--logfile=-", "incoming"]
+        args += worker_arguments(self._argv)
+        worker = _Worker(self, number)
+        self._workers[number] = worker
+        child_fds = {0: "w", 1: 1, 2: 2, WORKER_FD: self._port.fileno()}
+        env = dict(os.environ, **{WORKER_ENV: str(WORKER_FD)})
+        process = self._reactor.spawnProcess(worker, twistd, args, env=env, childFDs=child_fds)
+        _log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
+
+    def _ended(self, worker: _Worker, reason) -> None:
+        if self._workers.get(worker.number) is worker:
+            del self._workers[worker.number]
+        if self._stopping:
+            return
+        _log.error(
+            "worker {number} ended ({why}); starting it again",
+            number=worker.number,
+            why=reason.value,
+        )
+        self._reactor.callLater(RESPAWN_SECONDS, self._spawn, worker.number)
+
+    def stopService(self):
+        super().stopService()
+        self._stopping = True
+        workers = list(self._workers.values())
+        self._signal(workers, signal.SIGTERM)
+        ended = DeferredList([w.ended for w in workers])
+        ended.addTimeout(STOP_SECONDS, self._reactor).addErrback(lambda _: self._kill(workers))
+        port, self._port = self._port, None
+        if port is not None:
+            ended.addCallback(lambda _: port.stopListening())
+        return ended
+
+    def _kill(self, workers) -> None:
+        self._signal(workers, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(workers, number: int) -> None:
+        for worker in workers:
+            transport: Any = worker.transport
+            try:
+                transport.signalProcess(number)
+            except Exception:
+                pass  # gone already
+
+
+class AdoptedPort:
+    """A worker's "endpoint": the listening socket its parent passed on."""
+
+    def __init__(self, reactor, fd: int):
+        self._reactor = reactor
+        self._fd = fd
+
+    def listen(self, site):
+        probe = socket.socket(fileno=os.dup(self._fd))
+        family = probe.family
+        probe.close()
+        port = self._reactor.adoptStreamPort(self._fd, family, site)
+        os.close(self._fd)  # the port holds a duplicate of its own
+        return succeed(port)

@@ -1,0 +1,100 @@
+"""``twistd incoming --workers 2``: worker processes share one listening
+port and, through Redis, the uploads; the parent keeps them running and
+stops them together."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor, task
+from twisted.web.client import HTTPConnectionPool
+
+from redis_server import redis_server, unique_prefix  # noqa: F401 (fixture)
+from test_twistd import TwistdServer, backend  # noqa: F401 (fixture)
+from wsclient import upload
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+async def eventually(check, what, timeout=30.0):
+    for _ in range(int(timeout / 0.1)):
+        if check():
+            return
+        await task.deferLater(reactor, 0.1, lambda: None)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_workers_share_the_port_and_the_uploads(tmp_path, redis_server, backend):  # noqa: F811
+    server = TwistdServer(tmp_path, "--workers", "2", "--state", redis_server.url,
+                          "--state-prefix", unique_prefix())
+    fresh = HTTPConnectionPool(reactor, persistent=False)  # a connection per request
+    try:
+        await eventually(lambda: server.log().count("; accepting connections on") == 2,
+                         "two workers accepting")
+        assert "2 workers share" in server.log()
+        workers = children(server.process.pid)
+        assert len(workers) == 2
+
+        files = [os.urandom(200 * 1024 + i) for i in range(16)]
+        tickets = []
+        for _ in files:
+            response = await treq.post(server.url("new_upload"), pool=fresh,
+                                       params={"signalFinishURL": backend.url,
+                                               "removeFileWhenFinished": "false"})
+            tickets.append(await response.text())
+        outcomes = await defer.gatherResults(
+            [upload(server.port, t, data=f) for t, f in zip(tickets, files, strict=True)])
+        assert [o.last()[0] for o in outcomes] == ["MsgAllDone"] * len(files)
+        for ticket, data in zip(tickets, files, strict=True):
+            (call,) = [c for c in backend.calls if c["id"] == ticket]
+            assert call["sha256"] == hashlib.sha256(data).hexdigest()
+
+        finished_by = {}  # worker pid -> uploads it finished
+        for _ in range(30):
+            response = await treq.get(f"http://127.0.0.1:{server.port}/metrics", pool=fresh)
+            text = await response.text()
+            pid = re.search(r'^incoming_server_info\{.*pid="(\d+)"', text, re.M).group(1)
+            done = re.search(r"^incoming_uploads_finished_total (\S+)$", text, re.M).group(1)
+            finished_by[pid] = float(done)
+        assert sorted(int(p) for p in finished_by) == sorted(workers), "both answer on one port"
+        assert sum(finished_by.values()) == len(files)
+
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: the parent starts it again
+        await eventually(lambda: server.log().count("; accepting connections on") == 3,
+                         "the worker started again")
+        assert "ended" in server.log() and "starting it again" in server.log()
+        response = await treq.post(server.url("new_upload"), pool=fresh,
+                                   params={"signalFinishURL": backend.url})
+        again = await upload(server.port, await response.text(), data=b"still fine")
+        assert again.last()[0] == "MsgAllDone"
+        workers = children(server.process.pid)
+    finally:
+        code = await server.stop()  # SIGTERM to the parent: every worker stops too
+        await fresh.closeCachedConnections()
+    assert code in (0, -signal.SIGTERM), server.log()  # twistd re-raises SIGTERM
+    assert server.log().count("Server Shut Down.") == 3  # the parent and its two workers
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_workers_need_a_shared_state(tmp_path):
+    from twisted.python import usage
+
+    from incoming.tap import Options
+
+    try:
+        Options().parseOptions(["--workers", "2"])
+    except usage.UsageError as e:
+        assert "--workers (Workers) 2 needs --state (State)" in str(e)
+    else:
+        raise AssertionError("--workers 2 without --state was accepted")
