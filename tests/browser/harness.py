@@ -264,7 +264,11 @@ class TcpProxy:
     that uploads last long enough to be interrupted.
     """
 
-    def __init__(self, target_port: int, rate: float | None = None):
+    def __init__(self, target_port: int, rate: float | None = None, more_targets=()):
+        """``more_targets``: further ports; each connection goes to the next
+        one in turn that accepts it (a round-robin balancer)."""
+        self.targets = [target_port, *more_targets]
+        self._turn = 0
         self.target_port = target_port
         self.rate = rate
         self.port = free_port()
@@ -313,10 +317,8 @@ class TcpProxy:
                 client, _ = listener.accept()
             except (OSError, ValueError):
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
+            upstream = self._connect_upstream()
+            if upstream is None:
                 _close_hard(client)
                 continue
             for s in (client, upstream):
@@ -333,6 +335,18 @@ class TcpProxy:
                              daemon=True, name="proxy-up").start()
             threading.Thread(target=self._pump, args=(pair, upstream, client, False),
                              daemon=True, name="proxy-down").start()
+
+    def _connect_upstream(self):
+        for _ in self.targets:
+            port = self.targets[self._turn % len(self.targets)]
+            self._turn += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                continue  # that one is down: the next
+            upstream.settimeout(None)
+            return upstream
+        return None
 
     def _throttle(self, n: int):
         rate = self.rate
