@@ -373,7 +373,8 @@ SETTINGS = [
         "StorageReserve",
         parse_size,
         "Free space to keep in the storage folder: an upload whose remaining "
-        "bytes do not fit above it is refused.",
+        "bytes do not fit above it beside the rest of the uploads in progress "
+        "(not those stalled for 60 s) is refused.",
     ),
     Setting(
         "max_uploads",

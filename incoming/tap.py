@@ -30,8 +30,14 @@ def _key_text(setting) -> str:
     return f" Config key: {setting.yaml_key}." if setting.yaml_key else ""
 
 
+# Lists that allow anything while empty (--backend-origins, empty, allows none).
+ANY_WHEN_EMPTY = frozenset({"allowed_origins", "backend_allow", "finish_url_hosts"})
+
+
 def _default_text(field: str) -> str:
     value = getattr(DEFAULTS, field)
+    if field in ANY_WHEN_EMPTY and not value:
+        return "any"  # an empty list restricts nothing
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple):

@@ -46,15 +46,15 @@ HELP_DEFAULTS = {
     "max_file_size": "0",
     "storage_reserve": "67108864",
     "max_uploads": "100000",
-    "allowed_origins": "none",
-    "backend_allow": "none",
+    "allowed_origins": "any",
+    "backend_allow": "any",
     "backend_origins": "none",
     "backend_token": "none",
     "backend_ca": "the system's trust store",
     "state": "the storage folder",
     "state_prefix": "incoming:",
     "workers": "1",
-    "finish_url_hosts": "none",
+    "finish_url_hosts": "any",
 }
 
 ALL_KEYS_YAML = """\
