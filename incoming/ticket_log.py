@@ -8,7 +8,8 @@ line here costs its length (about 300 bytes).  A ticket leaves the log when
 its record first changes (it then gets a ``<id>.json`` of its own, which
 wins over its line) or is deleted (a ``{"deleted": id}`` line says so).
 Dead lines are dropped by rewriting the file (a temporary file, then a
-rename) at start and whenever they outnumber the live ones.
+rename) at start and whenever they outnumber the live ones (and number
+more than `COMPACT_AFTER`).
 
 Appends waiting while one is being written go to disk together, in one
 write (and one fsync, when durable).  A crash can tear only the last line,
