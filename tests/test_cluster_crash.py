@@ -1,6 +1,7 @@
-"""Three servers sharing uploads (one folder, one Redis prefix) while they
-are killed with SIGKILL in turn and started again: every browser ends with
-MsgAllDone and every file reaches the backend whole.
+"""100 uploads (0 B to 4 MiB) to three servers that share uploads (one
+folder, one Redis prefix) while the servers are killed with SIGKILL in turn
+and started again: every browser ends with MsgAllDone and every file
+reaches the backend whole.
 
 Browsers behave like incoming.js: each connection goes to any of the three
 servers (as behind a round-robin balancer); after a lost connection, a
@@ -58,8 +59,11 @@ async def browser(servers, ticket, data, rng, deadline, result):
 async def test_uploads_survive_servers_killed_in_turn(tmp_path, redis_server, backend):  # noqa: F811
     seed = f"(seed {SEED}; INCOMING_CRASH_SEED={SEED} to rerun)"
     rng = random.Random(SEED)
-    sizes = [0, 1, 64 * KiB] + [rng.randint(1, 900 * KiB) for _ in range(27)]
-    sizes += [rng.randint(1 * MiB, 4 * MiB) for _ in range(10)]
+    sizes = [0, 1, 64 * KiB - 1, 64 * KiB, 64 * KiB + 1]
+    sizes += [rng.randint(2, 16 * KiB) for _ in range(35)]
+    sizes += [rng.randint(100 * KiB, 900 * KiB) for _ in range(45)]
+    sizes += [rng.randint(1 * MiB, 4 * MiB) for _ in range(15)]
+    assert len(sizes) == 100
     contents = [rng.randbytes(n) for n in sizes]
     folder = tmp_path / "shared-storage"
     shared = ("--chunk-size", "64", "--storage-dir", str(folder), "--state", redis_server.url,
@@ -76,11 +80,11 @@ async def test_uploads_survive_servers_killed_in_turn(tmp_path, redis_server, ba
         tickets = [await new_upload(rng.choice(servers).server, backend,
                                     removeFileWhenFinished="false") for _ in sizes]
         results = {t: {"connections": 0, "end": None} for t in tickets}
-        slots = defer.DeferredSemaphore(12)
+        slots = defer.DeferredSemaphore(20)
         starts = random.Random(SEED - 1)
 
         async def tab(i, ticket):
-            await sleep(starts.uniform(0.0, 10.0))
+            await sleep(starts.uniform(0.0, 15.0))
             await slots.run(lambda: defer.ensureDeferred(browser(
                 servers, ticket, contents[i], random.Random(SEED + i), deadline,
                 results[ticket])))
