@@ -416,11 +416,11 @@ def settled(path) -> bytes:
 
 
 def test_a_different_file_picked_again_for_a_ticket_is_refused_and_the_right_one_resumes(
-        tmp_path, server, backend, open_page):
+        tmp_path, server, backend, open_page, proxies):
     """A user reloads the page and re-picks a file for the same ticket: one
     of the same name, size and date but other bytes gets FILE_CHANGED and
     adds nothing; the right one resumes where the first stopped."""
-    size = 6 * MiB
+    size = 12 * MiB
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first, sha = make_file(tmp_path / "a", "IMG_0001.CR3", size)
@@ -429,7 +429,8 @@ def test_a_different_file_picked_again_for_a_ticket_is_refused_and_the_right_one
     for path in (first, other):
         os.utime(path, (stamp, stamp))
     ticket = server.new_upload(backend)
-    page = open_page()
+    proxy = proxies(rate=8e6)  # slow enough that the pause comes before the end
+    page = open_page(proxy.host)
     (i,) = page.start([first], [ticket], [{"at_bytes_acked": 2 * MiB, "action": "pause"}])
     page.wait_for(i, "r.actions.length === 1 && u.paused && !u.connected", 10, "paused")
     part = server.storage / f"{ticket}.part"
