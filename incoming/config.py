@@ -524,12 +524,22 @@ def read_yaml_config(text: str) -> dict:
     return values
 
 
+# Endpoints whose listening socket workers can adopt as it is.
+WORKER_ENDPOINTS = ("tcp:", "tcp6:", "unix:", "systemd:")
+
+
 def check_consistency(settings: Settings) -> Settings:
     """Refuse combinations that cannot work; return the settings unchanged."""
     if settings.workers > 1 and not settings.state:
         raise ConfigError(
             f"{describe('workers')} {settings.workers} needs {describe('state')}: "
             "the workers share their uploads through it"
+        )
+    if settings.workers > 1 and not settings.listen.startswith(WORKER_ENDPOINTS):
+        raise ConfigError(
+            f"{describe('workers')} {settings.workers} needs a plain {describe('listen')} "
+            f"({', '.join(WORKER_ENDPOINTS)}...), not {settings.listen.split(':')[0]}: the "
+            "workers take the listening socket as it is (put TLS in front, e.g. nginx)"
         )
     if settings.workers > 1 and settings.metrics_listen:
         raise ConfigError(

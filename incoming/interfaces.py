@@ -206,6 +206,10 @@ class IDeadlines(Interface):
     def due(before: float, limit: int) -> Any:
         """Fire with up to ``limit`` ids whose deadline is before ``before``."""
 
+    def postpone(upload_id: str, until: float) -> Any:
+        """Look at this one again at ``until`` (held elsewhere, or failing),
+        so that it does not keep others waiting; its next write sets it anew."""
+
 
 # ---- locks ------------------------------------------------------------------
 

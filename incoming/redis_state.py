@@ -92,6 +92,10 @@ class RedisStateStore:
         when = self._deadline_of(record)
         return "" if when is None else repr(float(when))
 
+    def postpone(self, upload_id: str, until: float):
+        d = self._hub.command("ZADD", self._due, "XX", repr(float(until)), upload_id)
+        return d.addCallback(lambda _: None)
+
     def due(self, before: float, limit: int):
         d = self._hub.command("ZRANGEBYSCORE", self._due, "-inf", repr(before), "LIMIT", 0, limit)
         return d.addCallback(lambda ids: [_text(i) for i in ids])

@@ -55,27 +55,33 @@ class UploadRegistry:
         self, signal_finish_url: str, backend_secret: str, remove_file_when_finished: bool
     ) -> Deferred:
         """Store a new ticket's record; fire with its Upload."""
-        record = UploadRecord(
-            id=new_ticket_id(),
-            signal_finish_url=signal_finish_url,
-            backend_secret=backend_secret,
-            remove_file_when_finished=remove_file_when_finished,
-            touched_at=self._services.clock.seconds(),
-        )
+        record = self._new_record(signal_finish_url, backend_secret, remove_file_when_finished)
 
         def stored(record):
             upload = Upload.new(record, self._services, self._forget, self._ended_upload)
             self._register(upload)
-            self._services.metrics.upload_created()
-            self._log.info(
-                "upload {id}: created (handover to {url}, remove when finished: {remove})",
-                id=record.id,
-                url=signal_finish_url,
-                remove=remove_file_when_finished,
-            )
+            self._created(record)
             return upload
 
         return self._stores.state.create(record).addCallback(stored)
+
+    def _new_record(self, url: str, secret: str, remove: bool) -> UploadRecord:
+        return UploadRecord(
+            id=new_ticket_id(),
+            signal_finish_url=url,
+            backend_secret=secret,
+            remove_file_when_finished=remove,
+            touched_at=self._services.clock.seconds(),
+        )
+
+    def _created(self, record: UploadRecord) -> None:
+        self._services.metrics.upload_created()
+        self._log.info(
+            "upload {id}: created (handover to {url}, remove when finished: {remove})",
+            id=record.id,
+            url=record.signal_finish_url,
+            remove=record.remove_file_when_finished,
+        )
 
     @inlineCallbacks
     def restore(self):
@@ -218,9 +224,9 @@ class UploadRegistry:
             raise ValueError(f"unknown event {event!r}")
 
         def subscribed(unsubscribe):
-            if upload.ticket.id in self._uploads:
+            if self._uploads.get(upload.ticket.id) is upload:
                 self._unsubscribe[upload.ticket.id] = unsubscribe
-            else:  # forgotten meanwhile
+            else:  # forgotten (or replaced by a newer object) meanwhile
                 unsubscribe()
 
         d = self._stores.bus.subscribe(upload.ticket.id, on_event).addCallback(subscribed)
@@ -232,6 +238,8 @@ class UploadRegistry:
         self._ended.add(upload.ticket.id)
 
     def _forget(self, upload: Upload) -> None:
+        if self._uploads.get(upload.ticket.id) is not upload:
+            return  # a stale object: the registry has moved on
         self._uploads.pop(upload.ticket.id, None)
         self._ended.discard(upload.ticket.id)
         unsubscribe = self._unsubscribe.pop(upload.ticket.id, None)

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 
 from .interfaces import IDeadlines, LockHeld
+from .redis_locker import LEASE_SECONDS
 from .registry import UnknownUpload, UploadRegistry
 from .restore import plan_restore
 from .upload import REPLY_CANCEL, Upload
@@ -30,6 +31,15 @@ from .wire import ErrorCode
 SWEEP_SECONDS = 1.0
 SWEEP_BATCH = 20
 UNBOUND_GRACE = 5.0  # a loaded upload no browser binds within this is let go
+
+
+def _at_rest(upload: Upload) -> bool:
+    """Nothing runs for it here: no browser bound or on its way, no handover."""
+    return (
+        upload.channel is None
+        and not upload._connecting
+        and upload.state not in ("uploading", "handing_over")
+    )
 
 
 def _after(d: Deferred, then) -> Deferred:
@@ -55,19 +65,29 @@ class SharedRegistry(UploadRegistry):
         self._loading: dict[str, Deferred] = {}
         self._sweep = LoopingCall(self._sweep_due)
         self._sweep.clock = self._services.clock
+        self._stopped = False
 
     # ---- life -------------------------------------------------------------
 
     def restore(self):
         """Nothing to take back: uploads are loaded when needed; start the sweep."""
-        if not self._sweep.running:
-            d = self._sweep.start(SWEEP_SECONDS, now=False)
-            d.addErrback(lambda f: self._log.failure("the sweep of due uploads stopped", f))
+        self._start_sweep()
         return succeed(None)
+
+    def _start_sweep(self) -> None:
+        if self._sweep.running or self._stopped:
+            return
+
+        def stopped(failure):  # a bug: log it and sweep on
+            self._log.failure("the sweep of due uploads failed; started again", failure)
+            self._services.clock.callLater(SWEEP_SECONDS, self._start_sweep)
+
+        self._sweep.start(SWEEP_SECONDS, now=False).addErrback(stopped)
 
     def stop(self) -> Deferred:
         """Stop sweeping; let go of every upload not being handed over, so
         that other servers take them at once instead of after the lease."""
+        self._stopped = True
         if self._sweep.running:
             self._sweep.stop()
         resting = [u for u in self if u.state != "handing_over"]
@@ -76,14 +96,15 @@ class SharedRegistry(UploadRegistry):
         return DeferredList([self._let_go(u) for u in resting])
 
     def create(self, signal_finish_url, backend_secret, remove_file_when_finished):
-        """A ticket in the shared store; no server holds it until it is used."""
-        d = super().create(signal_finish_url, backend_secret, remove_file_when_finished)
+        """A ticket in the shared store; no server holds it until it is used
+        (its idle timeout is the store's deadline): not registered here."""
+        record = self._new_record(signal_finish_url, backend_secret, remove_file_when_finished)
 
-        def stored(upload):
-            self._drop(upload)  # its idle timeout is the store's deadline now
-            return upload
+        def stored(record):
+            self._created(record)
+            return Upload(record, self._services, self._forget)
 
-        return d.addCallback(stored)
+        return self._stores.state.create(record).addCallback(stored)
 
     def _drop(self, upload: Upload) -> None:
         upload.quiesce()
@@ -122,8 +143,11 @@ class SharedRegistry(UploadRegistry):
     def _load(self, upload_id: str, ask_holder: bool) -> Deferred:
         """Take the residency and build the upload from its record; fire with
         it, or None if there is no such upload."""
-        if upload_id in self._loading:
-            return _after(self._loading[upload_id], lambda: self.get(upload_id))
+        if upload_id in self._loading:  # joined; if that load failed, try on our own terms
+            return _after(
+                self._loading[upload_id],
+                lambda: self.get(upload_id) or self._load(upload_id, ask_holder),
+            )
         leaving = self._leaving.get(upload_id)
         if leaving is not None:  # let it go first, then take it again
             return _after(leaving, lambda: self._load(upload_id, ask_holder))
@@ -186,7 +210,7 @@ class SharedRegistry(UploadRegistry):
     def _let_go_if_at_rest(self, upload: Upload) -> None:
         if self._uploads.get(upload.ticket.id) is not upload:
             return
-        if upload.channel is None and upload.state not in ("uploading", "handing_over"):
+        if _at_rest(upload):
             self._let_go(upload)
 
     def _let_go(self, upload: Upload) -> Deferred:
@@ -218,8 +242,8 @@ class SharedRegistry(UploadRegistry):
         upload = self._uploads.get(upload_id)
         if upload is None or upload_id in self._loading:
             return succeed(False)
-        if upload.state == "handing_over":
-            return succeed(False)
+        if upload.state == "handing_over" or upload._connecting:
+            return succeed(False)  # busy here: a handover, or a browser on its way in
         if upload.channel is None:
             return self._let_go(upload).addCallback(lambda _: True)
 
@@ -291,15 +315,18 @@ class SharedRegistry(UploadRegistry):
         except Exception as e:
             self._log.warn("sweep of due uploads: {why}", why=str(e))
             return
+        later = self._services.clock.seconds() + LEASE_SECONDS
         for upload_id in due:
-            if upload_id in self._uploads or upload_id in self._loading:
-                continue  # ours: its own timers act
             try:
-                upload = yield self._load(upload_id, ask_holder=False)
-            except LockHeld:
-                continue  # another server holds it: its timers act
+                if upload_id in self._uploads or upload_id in self._loading:
+                    yield index.postpone(upload_id, later)  # ours: its own timers act
+                    continue
+                try:
+                    upload = yield self._load(upload_id, ask_holder=False)
+                except LockHeld:  # another server holds it: its timers act
+                    yield index.postpone(upload_id, later)  # look again if it dies
+                    continue
+                if upload is None:  # its record is gone: drop it from the index
+                    yield self._stores.state.delete(upload_id)
             except Exception as e:
                 self._log.warn("upload {id}: cannot take it: {why}", id=upload_id, why=str(e))
-                continue
-            if upload is None:  # its record is gone: drop it from the index
-                yield self._stores.state.delete(upload_id)

@@ -154,7 +154,7 @@ def makeService(config, reactor=None) -> MultiService:
     from .web import make_site, metrics_site
 
     settings = config.settings
-    from .workers import WORKER_ENV, AdoptedPort, WorkerParent
+    from .workers import WORKER_ENV, AdoptedPort, WorkerParent, watch_parent
 
     worker_fd = os.environ.pop(WORKER_ENV, None)
     if settings.workers > 1 and worker_fd is None:  # the parent: only the port
@@ -194,6 +194,7 @@ def makeService(config, reactor=None) -> MultiService:
     service = MultiService()
     if worker_fd is not None:
         endpoint = AdoptedPort(reactor, int(worker_fd))
+        reactor.callWhenRunning(watch_parent, reactor)
     else:
         endpoint = serverFromString(reactor, settings.listen)
     server = UploadServer(registry, reactor, endpoint, site, pool, guard)

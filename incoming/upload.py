@@ -37,12 +37,14 @@ from twisted.python.failure import Failure
 from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
 from .interfaces import (
+    IDeadlines,
     IFreeSpace,
     IRemoveAfterHandover,
     LockHeld,
     NoSpace,
     Refused,
     StoreUnavailable,
+    VersionConflict,
 )
 from .metrics import BACKEND, BROWSER, HANDOVER, IDLE, NO_METRICS, PROTOCOL, STORAGE, TOO_LARGE
 from .outcome import DONE, FAILED, hand_over
@@ -562,9 +564,26 @@ class Upload:
     # ---- helpers of the outputs -----------------------------------------------
 
     def _failed(self, failure) -> None:
-        """Any store failure: log it and feed it to the machine."""
+        """Any store failure: log it and feed it to the machine.  A version
+        conflict means another server has taken the upload (its lease ran
+        out here): this object stops, it neither cancels nor deletes."""
+        if failure.check(VersionConflict):
+            return self._taken_elsewhere(failure)
         self._log.error("upload {id}: {why}", id=self.ticket.id, why=str(failure.value))
         self._store_failed(str(failure.value))
+        return None
+
+    def _taken_elsewhere(self, failure) -> None:
+        self._log.warn(
+            "upload {id}: another server has taken it ({why}); this one lets it be",
+            id=self.ticket.id,
+            why=str(failure.value),
+        )
+        self.quiesce()
+        channel, self._channel = self._channel, None
+        self._release_lock()
+        if channel is not None:
+            channel.fail(ErrorCode.UPLOAD_BUSY, "another server has this upload now; reconnect")
 
     def _logged(self, what: str):
         def log(failure):
@@ -848,7 +867,7 @@ class Upload:
         backend must expect); the bytes stored are the truth.  Any other
         failure ends the upload."""
         if not failure.check(NoSpace, StoreUnavailable):
-            return self._failed(failure)
+            return self._failed(failure)  # a version conflict included: it stops
         self._log.warn(
             "upload {id}: record not updated ({why}); the bytes stored are kept",
             id=self.ticket.id,
@@ -1046,6 +1065,8 @@ class Upload:
         """Seal the data, get its sha256, record both, then hand over."""
         hasher, self._hasher = self._hasher, None
         durable = self._settings.fsync != "none"
+        if IDeadlines.providedBy(self._stores.state):  # servers share it: say so at once
+            self._persist().addErrback(self._record_not_saved)
         store = self._stores.data
 
         def seal(_):  # after the writes queued before it

@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 
@@ -148,6 +149,40 @@ class WorkerParent(Service):
                 transport.signalProcess(number)
             except Exception:
                 pass  # gone already
+
+
+class _ParentWatch:
+    """A worker's stdin is a pipe from its parent: its end means the parent
+    is gone (killed, crashed), and the worker stops rather than go on
+    holding the port alone."""
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent-watch"
+
+    def doRead(self):
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            return ConnectionDone()
+        return None
+
+    def connectionLost(self, reason):
+        self._reactor.removeReader(self)
+        _log.error("the workers' parent is gone; this worker stops")
+        if self._reactor.running:
+            self._reactor.stop()
+
+
+def watch_parent(reactor) -> None:
+    reactor.addReader(_ParentWatch(reactor))
 
 
 class AdoptedPort:

@@ -34,6 +34,10 @@ CANCEL_ECHO_GRACE = 5.0
 PROBE_TIMEOUT = 1.0
 
 
+# Frames a client may send while its upload is looked up (before MsgUploadConf).
+MAX_HELD_FRAMES = 16
+
+
 class UploadProtocol(WebSocketServerProtocol):
     """One browser connection; bound to at most one upload."""
 
@@ -89,6 +93,10 @@ class UploadProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         if self._finding is not None:  # MsgUploadReq's upload is being looked up
+            if len(self._finding) >= MAX_HELD_FRAMES:
+                self._finding = None
+                self.fail(ErrorCode.PROTOCOL, "too much sent before MsgUploadConf")
+                return
             self._finding.append((payload, isBinary))
             return
         if isBinary:

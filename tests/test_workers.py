@@ -87,6 +87,37 @@ async def test_two_workers_share_the_port_and_the_uploads(tmp_path, redis_server
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
 
 
+@pytest_twisted.ensureDeferred
+async def test_workers_whose_parent_is_killed_stop_too(tmp_path, redis_server):  # noqa: F811
+    server = TwistdServer(tmp_path, "--workers", "2", "--state", redis_server.url,
+                          "--state-prefix", unique_prefix())
+    try:
+        await eventually(lambda: server.log().count("; accepting connections on") == 2,
+                         "two workers accepting")
+        workers = children(server.process.pid)
+        server.process.kill()  # SIGKILL: the parent cannot stop them itself
+        await eventually(lambda: not [p for p in workers if os.path.exists(f"/proc/{p}")
+                                      and "zombie" not in open(f"/proc/{p}/status").read()],
+                         "the workers stopped")
+        assert "the workers' parent is gone; this worker stops" in server.log()
+    finally:
+        await server.stop()
+
+
+def test_workers_need_a_plain_listening_socket():
+    from twisted.python import usage
+
+    from incoming.tap import Options
+
+    try:
+        Options().parseOptions(["--workers", "2", "--state", "redis://127.0.0.1:6379/0",
+                                "--port", "ssl:4443:privateKey=k.pem"])
+    except usage.UsageError as e:
+        assert "needs a plain --port" in str(e) and "not ssl" in str(e)
+    else:
+        raise AssertionError("--workers with a TLS --port was accepted")
+
+
 def test_workers_need_a_shared_state(tmp_path):
     from twisted.python import usage
 
