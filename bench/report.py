@@ -1,4 +1,5 @@
-"""Ratios to the reference, and the printed tables."""
+"""Ratios to the reference, and the printed tables (with ``--workers``,
+also N workers against one, and the CPU of each process)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,52 @@ def table(results: list, kind: str) -> str:
         out.append("  ".join(cells))
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def worker_ratios(results: list, one: str, many: str) -> list:
+    """Per scenario that ran both: MB/s of one worker, of N, and N / one."""
+    by = {(r["scenario"], r["server"]): r for r in results if "error" not in r}
+    ratios = []
+    for r in results:
+        if r["server"] != one or (r["scenario"], many) not in by or "error" in r:
+            continue
+        other = by[(r["scenario"], many)]
+        ratios.append({"scenario": r["scenario"], "one_worker_mbps": r["mbps"],
+                       "workers_mbps": other["mbps"], "ratio": other["mbps"] / r["mbps"]})
+    return ratios
+
+
+def _render(lines: list) -> str:
+    """Columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(line, widths, strict=True))) for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def workers_table(ratios: list, count: int) -> str:
+    """MB/s of one worker and of count workers (both --state redis://)."""
+    if not ratios:
+        return ""
+    lines = [["scenario (--state redis://)", "1 worker MB/s", f"{count} workers MB/s",
+              f"{count} workers / 1"]]
+    lines += [[r["scenario"], _number(r["one_worker_mbps"]), _number(r["workers_mbps"]),
+               f"{r['ratio']:.2f}x"] for r in ratios]
+    return _render(lines)
+
+
+def cpu_table(results: list) -> str:
+    """CPU seconds per GiB by process, for the runs that had Redis."""
+    rows = [r for r in results if "cpu_s_per_gib_by_process" in r]
+    if not rows:
+        return ""
+    order = ["server", "parent", "worker", "redis-server", "bench (backend)", "client"]
+    names = sorted({n for r in rows for n in r["cpu_s_per_gib_by_process"]},
+                   key=lambda n: (order.index(n.split()[0] if n.startswith("worker") else n), n))
+    lines = [["CPU-s/GiB by process"] + names]
+    for r in rows:
+        spent = r["cpu_s_per_gib_by_process"]
+        lines.append([f"{r['scenario']}: {r['server']}"] +
+                     [_number(spent[n]) if n in spent else "" for n in names])
+    return _render(lines)

@@ -5,6 +5,15 @@ server, print a table with each figure's ratio to the reference, print the
 JSON and write it to bench/results/latest.json.  Installs nothing; all
 traffic stays on 127.0.0.1.  ``--quick`` runs tiny sizes (the test suite
 does, so that the bench cannot rot).
+
+``--workers N`` also starts a redis-server of its own (free loopback port,
+``--save "" --appendonly no``; stopped at the end) and runs 200 x 64 KiB
+and 64 x 4 MiB concurrent (with ``--quick``, 8 x 256 KiB) against
+Incoming!! with ``--state`` in one process and with ``--workers N``, each
+start under a fresh ``--state-prefix``, and prints both MB/s, the ratio
+N workers / 1 worker, and the CPU of each process (parent, workers,
+redis-server, the bench's backend, the load client) per GiB.  Server CPU
+and peak RSS count the whole process tree (parent plus workers).
 """
 
 from __future__ import annotations
@@ -12,13 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from bench.procstat import raise_open_files_limit
-from bench.report import add_ratios, table
+from bench.report import add_ratios, cpu_table, table, worker_ratios, workers_table
 from bench.scenarios import GIB, MIB, Bench, Load, ScenarioFailed, Setup
-from bench.servers import Backend
+from bench.servers import Backend, start_redis
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
@@ -27,25 +38,36 @@ DIGEST_ON = Setup("incoming sha256", ("--digest", "sha256"))
 DIGEST_OFF = Setup("incoming no digest", ("--digest", "none"))
 ZERO_ONE = Setup("incoming 0.1 window", ("--digest", "sha256"))
 BYTE_WINDOW = Setup("incoming byte-window", ("--digest", "sha256"), byte_window=True)
+ONE_WORKER = Setup("incoming redis 1 worker", ("--digest", "sha256"), workers=1)
+
+
+def workers_setup(count: int) -> Setup:
+    return Setup(f"incoming redis {count} workers", ("--digest", "sha256"), workers=count)
+
 
 FULL = {
     "loads": [Load(1, GIB), Load(8, 64 * MIB), Load(64, 4 * MIB),
               Load(200, 64 * 1024), Load(200, 64 * 1024, sequential=True)],
     "memory_stages": (100, 1000), "hold": 5.0,
     "proxied": Load(1, 256 * MIB),
+    "workers_loads": ("200 x 64 KiB concurrent", "64 x 4 MiB concurrent"),
 }
 QUICK = {
     # One load of each shape (single, concurrent, sequential) keeps it short.
     "loads": [Load(1, 4 * MIB), Load(8, 256 * 1024), Load(10, 64 * 1024, sequential=True)],
     "memory_stages": (5, 20), "hold": 0.3,
     "proxied": Load(1, MIB),
+    "workers_loads": ("8 x 256 KiB concurrent",),
 }
 
 
-def plan(settings: dict, delay_ms: float, rate_mbps: float):
+def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0):
     """(scenario name, kind, setup, how to measure it with a Bench), in order."""
     for load in settings["loads"]:
-        for setup in (REFERENCE, DIGEST_ON, DIGEST_OFF):
+        setups = (REFERENCE, DIGEST_ON, DIGEST_OFF)
+        if workers and load.name in settings["workers_loads"]:
+            setups += (ONE_WORKER, workers_setup(workers))
+        for setup in setups:
             yield load.name, "throughput", setup, lambda b, s=setup, l=load: b.throughput(s, l)
     stages = settings["memory_stages"]
     name = f"{stages[-1]} open uploads"
@@ -66,8 +88,15 @@ def parse_args(argv=None):
                              "measures the server rather than the disk [default: none]")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="proxy one-way delay")
     parser.add_argument("--rate-mbps", type=float, default=100.0, help="proxy bandwidth cap")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="also compare --state redis:// in one process with --workers N "
+                             "(N >= 2) on 200 x 64 KiB and 64 x 4 MiB concurrent; starts "
+                             "and stops a redis-server of its own")
     parser.add_argument("--json", default=RESULTS, help=f"where to write the JSON [{RESULTS}]")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workers and args.workers < 2:
+        parser.error("--workers N compares N >= 2 workers with one")
+    return args
 
 
 def main(argv=None):
@@ -75,30 +104,37 @@ def main(argv=None):
     raise_open_files_limit()
     settings = QUICK if args.quick else FULL
     backend = Backend()
-    bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps)
+    redis_folder = tempfile.mkdtemp(prefix="incoming-bench-redis-") if args.workers else None
+    redis = None
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    results = []
-    for name, kind, setup, measure in plan(settings, args.delay_ms, args.rate_mbps):
-        if args.only and args.only not in name:
-            continue
-        began = time.monotonic()
-        result = {"scenario": name, "kind": kind, "server": setup.label}
-        try:
-            result.update(measure(bench))
-        except (ScenarioFailed, RuntimeError) as e:
-            result["error"] = str(e)
-        results.append(result)
-        print(f"{time.monotonic() - began:5.1f} s  {name}: {setup.label}"
-              f"{'  FAILED' if 'error' in result else ''}", file=sys.stderr, flush=True)
-    backend.close()
+    try:
+        if args.workers:
+            redis = start_redis(redis_folder)
+        bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps, redis)
+        results = run_plan(bench, plan(settings, args.delay_ms, args.rate_mbps, args.workers),
+                           args.only)
+    finally:
+        if redis is not None:
+            redis.stop()
+        if redis_folder is not None:
+            shutil.rmtree(redis_folder, ignore_errors=True)
+        backend.close()
     add_ratios(results)
     summary = {
         "quick": args.quick, "fsync": args.fsync, "elapsed_s": time.monotonic() - started,
         "cpus": os.cpu_count(), "loadavg_before": load_before,
         "loadavg_after": os.getloadavg()[0], "results": results,
     }
-    print("\n\n".join(filter(None, (table(results, kind) for kind in ("throughput", "memory")))))
+    if args.workers:
+        summary["workers"] = {"count": args.workers, "redis_url": redis.url,
+                              "ratios": worker_ratios(results, ONE_WORKER.label,
+                                                      workers_setup(args.workers).label)}
+    tables = [table(results, kind) for kind in ("throughput", "memory")]
+    if args.workers:
+        tables += [workers_table(summary["workers"]["ratios"], args.workers),
+                   cpu_table(results)]
+    print("\n\n".join(filter(None, tables)))
     print(f"\nratios: this server's figure / the reference's.  fsync {args.fsync}; "
           f"{summary['elapsed_s']:.0f} s; load average {load_before:.1f} before, "
           f"{summary['loadavg_after']:.1f} after ({os.cpu_count()} CPUs)\n")
@@ -109,3 +145,20 @@ def main(argv=None):
         f.write(text + "\n")
     if any("error" in r for r in results):
         sys.exit(1)
+
+
+def run_plan(bench: Bench, steps, only: str | None) -> list:
+    results = []
+    for name, kind, setup, measure in steps:
+        if only and only not in name:
+            continue
+        began = time.monotonic()
+        result = {"scenario": name, "kind": kind, "server": setup.label}
+        try:
+            result.update(measure(bench))
+        except (ScenarioFailed, RuntimeError) as e:
+            result["error"] = str(e)
+        results.append(result)
+        print(f"{time.monotonic() - began:5.1f} s  {name}: {setup.label}"
+              f"{'  FAILED' if 'error' in result else ''}", file=sys.stderr, flush=True)
+    return results

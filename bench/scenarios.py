@@ -2,8 +2,9 @@
 One measurement = a fresh server process (so peak memory is this
 scenario's), optionally the latency proxy in front of it, and the load
 client in a third process.  The server's CPU time and peak RSS are read
-from /proc; afterwards every stored file is hashed and compared with the
-sha256 the client computed from what it sent, then deleted.
+from /proc (with ``--workers``, of the parent and its workers together);
+afterwards every stored file is hashed and compared with the sha256 the
+client computed from what it sent, then deleted.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from bench.procstat import cpu_seconds, memory_kib
+from bench.procstat import cpu_seconds, memory_kib, tree_cpu_seconds, tree_memory_kib
 from bench.servers import REPO, start_incoming, start_proxy, start_reference
 
 GIB = 1 << 30
@@ -59,17 +61,27 @@ class Load:
 @dataclass(frozen=True)
 class Setup:
     """What serves (Incoming!! with some options, or the reference) and
-    whether the client announces the byte window."""
+    whether the client announces the byte window.  workers > 0: records in
+    the bench's Redis under a fresh --state-prefix, in one process (1) or
+    with --workers (more)."""
 
     label: str
     options: tuple = ()
     reference: bool = False
     byte_window: bool = False
+    workers: int = 0
 
-    def start(self, folder: str, storage: str, fsync: str):
+    def start(self, folder: str, storage: str, fsync: str, redis_url: str | None = None):
         if self.reference:
             return start_reference(folder, storage, fsync)
-        return start_incoming(folder, storage, "--fsync", fsync, *self.options)
+        options = ("--fsync", fsync, *self.options)
+        if self.workers:
+            if redis_url is None:
+                raise RuntimeError(f"{self.label}: no redis-server (run with --workers)")
+            options += ("--state", redis_url, "--state-prefix", f"bench-{uuid.uuid4().hex[:12]}:")
+        if self.workers > 1:
+            options += ("--workers", str(self.workers))
+        return start_incoming(folder, storage, *options, workers=max(1, self.workers))
 
     def client_argv(self, port: int, target: int, backend_url: str) -> list:
         argv = ["--target", f"127.0.0.1:{target}"]
@@ -145,20 +157,56 @@ def verify_reference(uploads: list, storage: str) -> dict:
     return {"verified": len(uploads), "handover_sha256": None}
 
 
+def cpu_snapshot(server, redis) -> dict:
+    """{pid: CPU seconds so far} of the server's process tree, and with Redis
+    of redis-server ("redis") and this bench process ("bench": the backend's
+    threads)."""
+    snapshot = tree_cpu_seconds(server.pid)
+    if redis is not None:
+        snapshot["redis"] = cpu_seconds(redis.pid)
+        snapshot["bench"] = sum(os.times()[:2])
+    return snapshot
+
+
+def tree_total(snapshot: dict) -> float:
+    """The server's CPU seconds in a snapshot: its processes, keyed by pid."""
+    return sum(seconds for key, seconds in snapshot.items() if isinstance(key, int))
+
+
+def cpu_by_process(server_pid: int, before: dict, after: dict) -> dict:
+    """CPU seconds spent between two snapshots, by process name.  A worker
+    that ended meanwhile shows minus what it had (its parent reaped it and
+    counts all of its time); one started meanwhile counts from its start."""
+    spent = {}
+    workers = sorted(pid for pid in before.keys() | after.keys()
+                     if isinstance(pid, int) and pid != server_pid)
+    names = {server_pid: "parent" if workers else "server", "redis": "redis-server",
+             "bench": "bench (backend)"}
+    for number, pid in enumerate(workers, 1):
+        names[pid] = f"worker {number}" + ("" if pid in before else " (new)") + \
+            ("" if pid in after else " (ended)")
+    for key, name in names.items():
+        if key in before or key in after:
+            spent[name] = after.get(key, 0.0) - before.get(key, 0.0)
+    return spent
+
+
 class Bench:
     """What every measurement shares: the backend, fsync level, proxy link."""
 
-    def __init__(self, backend, fsync: str, delay_ms: float, rate_mbps: float):
+    def __init__(self, backend, fsync: str, delay_ms: float, rate_mbps: float, redis=None):
         self.backend = backend
         self.fsync = fsync
         self.delay_ms = delay_ms
         self.rate_mbps = rate_mbps
+        self.redis = redis  # a ServerProcess with .url, for Setups with workers
 
     def _run(self, setup: Setup, measure, proxied=False):
         folder = tempfile.mkdtemp(prefix="incoming-bench-")
         storage = os.path.join(folder, "storage")
         try:
-            server = setup.start(folder, storage, self.fsync)
+            server = setup.start(folder, storage, self.fsync,
+                                 self.redis.url if self.redis is not None else None)
             proxy = None
             try:
                 target = server.port
@@ -181,10 +229,11 @@ class Bench:
             argv += ["--count", str(load.count), "--size", str(load.size)]
             if load.sequential:
                 argv.append("--sequential")
-            cpu = cpu_seconds(server.pid)
+            before = cpu_snapshot(server, self.redis)
             report = run_client(argv, load.budget())
-            cpu = cpu_seconds(server.pid) - cpu
-            peak = memory_kib(server.pid, "VmHWM")
+            after = cpu_snapshot(server, self.redis)
+            cpu = tree_total(after) - tree_total(before)
+            peak = tree_memory_kib(server.pid, "VmHWM")
             if setup.reference:
                 checked = verify_reference(report["uploads"], storage)
             else:
@@ -195,6 +244,11 @@ class Bench:
                 "elapsed_s": report["elapsed"],
                 "client_cpu_s_per_gib": report["cpu_s"] / (report["bytes"] / GIB), **checked,
             }
+            if setup.workers:  # where the CPU went, seconds per GiB, by process
+                spent = cpu_by_process(server.pid, before, after)
+                spent["client"] = report["cpu_s"]
+                result["cpu_s_per_gib_by_process"] = {
+                    name: seconds / (report["bytes"] / GIB) for name, seconds in spent.items()}
             if report["phases_ms"]:
                 result["phases_ms"] = report["phases_ms"]
             window = report["uploads"][0].get("window")

@@ -2,13 +2,15 @@
 The processes the bench starts, each on a free loopback port: the
 installed ``twistd -n incoming`` (from this interpreter's bin folder, run
 outside the source tree so that the installed package is what runs), the
-reference server and the latency proxy; and the backend that takes the
-handovers, a thread of the bench process that answers ``done``.
+reference server, the latency proxy and, for ``--workers``, a
+redis-server; and the backend that takes the handovers, a thread of the
+bench process that answers ``done``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # at the same instant would overflow it and wait for SYN retransmits (1 s,
 # then 3 s), which measures the kernel.  Every server here gets this instead.
 BACKLOG = 1024
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# Logged by each Incoming!! process once it takes connections.
+ACCEPTING = "; accepting connections on"
 
 
 def free_port() -> int:
@@ -37,13 +42,16 @@ def free_port() -> int:
 class ServerProcess:
     """A server subprocess listening on 127.0.0.1:port; output in a log file."""
 
-    def __init__(self, argv, port: int, folder: str, cwd: str):
+    def __init__(self, argv, port: int, folder: str, cwd: str, log_name="server.log",
+                 accepting: int = 0):
         self.port = port
-        self.log_path = os.path.join(folder, "server.log")
+        self.log_path = os.path.join(folder, log_name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                             preexec_fn=raise_open_files_limit)
         self._wait_ready()
+        if accepting:
+            self._wait_logged(ACCEPTING, accepting)
 
     @property
     def pid(self) -> int:
@@ -61,6 +69,20 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"{self.process.args[0]} did not listen: {self.log_tail()}")
 
+    def _wait_logged(self, text: str, count: int, timeout=30.0):
+        """With --workers the parent's port takes connections (into its
+        backlog) at once: wait until every worker has said it accepts."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, errors="replace") as f:
+                if f.read().count(text) >= count:
+                    return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.process.args[0]} exited: {self.log_tail()}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{count} x {text!r} not logged in {timeout:.0f} s: {self.log_tail()}")
+
     def log_tail(self, lines=20) -> str:
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
@@ -75,12 +97,13 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_incoming(folder: str, storage: str, *options) -> ServerProcess:
+def start_incoming(folder: str, storage: str, *options, workers: int = 1) -> ServerProcess:
+    """twistd -n incoming; with workers > 1, options must hold --workers."""
     port = free_port()
     argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "incoming",
             "--port", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
             "--storage-dir", storage, *options]
-    return ServerProcess(argv, port, folder, cwd=folder)
+    return ServerProcess(argv, port, folder, cwd=folder, accepting=workers)
 
 
 def start_reference(folder: str, storage: str, fsync: str) -> ServerProcess:
@@ -96,6 +119,18 @@ def start_proxy(folder: str, target_port: int, delay_ms: float, rate_mbps: float
             "--target", f"127.0.0.1:{target_port}", "--delay-ms", str(delay_ms),
             "--rate-mbps", str(rate_mbps), "--backlog", str(BACKLOG)]
     return ServerProcess(argv, port, folder, cwd=REPO)
+
+
+def start_redis(folder: str) -> ServerProcess:
+    """A throwaway redis-server for --state: no snapshots, no append-only file."""
+    if not os.path.exists(REDIS_SERVER):
+        raise RuntimeError("--workers needs redis-server (Debian: apt-get install redis-server)")
+    port = free_port()
+    argv = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder,
+            "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"]
+    server = ServerProcess(argv, port, folder, cwd=folder, log_name="redis.log")
+    server.url = f"redis://127.0.0.1:{port}/0"
+    return server
 
 
 class Backend:

@@ -5,6 +5,7 @@ the sha256 of every stored file."""
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -48,3 +49,44 @@ def test_quick_bench_prints_every_figure_with_its_ratio(tmp_path):
             # The handover carries the server's digest only when it is on.
             sent = 0 if result["server"] == "incoming no digest" else result["verified"]
             assert result["handover_sha256"] == sent, result
+
+
+def test_quick_bench_compares_two_workers_with_one(tmp_path):
+    """--workers 2: the same scenario against --state redis:// in one process
+    and with --workers 2, on a redis-server the bench starts and stops."""
+    output = tmp_path / "workers.json"
+    scenario = "8 x 256 KiB concurrent"
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--workers", "2",
+                          "--only", scenario, "--json", str(output)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    summary = json.loads(output.read_text())
+    by_server = {r["server"]: r for r in summary["results"]}
+    assert set(by_server) == {"reference", "incoming sha256", "incoming no digest",
+                              "incoming redis 1 worker", "incoming redis 2 workers"}
+    (ratio,) = summary["workers"]["ratios"]
+    one, two = by_server["incoming redis 1 worker"], by_server["incoming redis 2 workers"]
+    assert ratio == {"scenario": scenario, "one_worker_mbps": one["mbps"],
+                     "workers_mbps": two["mbps"], "ratio": two["mbps"] / one["mbps"]}
+    for result in (one, two):
+        assert result["verified"] == result["handover_sha256"] == 8, result
+        assert set(result["ratio"]) == set(FIGURES["throughput"]), result
+    assert set(one["cpu_s_per_gib_by_process"]) == {
+        "server", "redis-server", "bench (backend)", "client"}
+    assert set(two["cpu_s_per_gib_by_process"]) == {
+        "parent", "worker 1", "worker 2", "redis-server", "bench (backend)", "client"}
+    # The server's CPU is its whole tree: parent and workers.
+    spent = two["cpu_s_per_gib_by_process"]
+    tree = spent["parent"] + spent["worker 1"] + spent["worker 2"]
+    assert abs(two["cpu_s_per_gib"] - tree) < 1e-6 * max(1.0, tree)
+    printed = run.stdout.splitlines()
+    (row,) = [line for line in printed  # the workers table: no ratios to the reference
+              if line.startswith(scenario + " ") and line.endswith("x") and "(" not in line]
+    *_, one_mbps, two_mbps, printed_ratio = row.split()
+    assert abs(float(one_mbps) - one["mbps"]) <= 0.05, row
+    assert abs(float(two_mbps) - two["mbps"]) <= 0.05, row
+    assert printed_ratio == f"{ratio['ratio']:.2f}x", row
+    assert any(line.startswith(f"{scenario}: incoming redis 2 workers ") for line in printed)
+    port = int(summary["workers"]["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the bench stopped its redis-server"
