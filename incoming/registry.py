@@ -101,30 +101,16 @@ class UploadRegistry:
             try:
                 if record.state == "cancelled" and not record.keep_file:
                     yield data.discard(record.id)  # its data may outlive a crash
-                held = None
                 # A ticket no browser used has no file: one listing tells, not a
                 # look per ticket (there may be 100,000).
                 unused = record.length is None and with_files is not None
-                if not record.ended and not (unused and record.id not in with_files):
-                    held = yield data.held(record.id, record.length)
-                if record.length is None and held == (0, False):
-                    yield data.discard(record.id)  # an empty .part of ours: start afresh
-                    held = None
-                elif record.length is None and held is not None:
-                    self._stale_record(record, held)
-                    yield state.delete(record.id)  # reported once; the file stays
-                    continue
-                plan = plan_restore(record, held)
-                if plan.recreate:
-                    created = yield data.create(record.id)
-                    yield created.close()
-                upload = Upload.restore(
-                    record, plan, self._services, self._forget, self._ended_upload
-                )
+                upload = yield self._rebuild(record, look=not unused or record.id in with_files)
             except Exception as e:
                 self._log.error(
                     "upload {id}: cannot restore: {why}", id=record.id, why=str(e) or repr(e)
                 )
+                continue
+            if upload is None:
                 continue
             self._register(upload)
             self._log.info(
@@ -138,6 +124,28 @@ class UploadRegistry:
             yield self._log_foreign_files()
         except Exception as e:  # only a log: never a reason not to start
             self._log.error("storage folder: cannot list it: {why}", why=str(e))
+
+    @inlineCallbacks
+    def _rebuild(self, record: UploadRecord, look: bool = True):
+        """Fire with the Upload a record and the bytes held make (timers
+        continuing from the record), or None for a stale record, which is
+        reported and removed.  ``look``: ask the data store what it holds."""
+        state, data = self._stores.state, self._stores.data
+        held = None
+        if look and not record.ended:
+            held = yield data.held(record.id, record.length)
+        if record.length is None and held == (0, False):
+            yield data.discard(record.id)  # an empty .part of ours: start afresh
+            held = None
+        elif record.length is None and held is not None:
+            self._stale_record(record, held)
+            yield state.delete(record.id)  # reported once; the file stays
+            return None
+        plan = plan_restore(record, held)
+        if plan.recreate:
+            created = yield data.create(record.id)
+            yield created.close()
+        return Upload.restore(record, plan, self._services, self._forget, self._ended_upload)
 
     @inlineCallbacks
     def _ids_with_files(self):

@@ -24,7 +24,6 @@ from twisted.internet.task import LoopingCall
 from .interfaces import IDeadlines, LockHeld
 from .redis_locker import LEASE_SECONDS
 from .registry import UnknownUpload, UploadRegistry
-from .restore import plan_restore
 from .upload import REPLY_CANCEL, Upload
 from .wire import ErrorCode
 
@@ -186,21 +185,10 @@ class SharedRegistry(UploadRegistry):
 
     @inlineCallbacks
     def _build(self, upload_id: str):
-        state, data = self._stores.state, self._stores.data
-        record = yield state.get(upload_id)
+        record = yield self._stores.state.get(upload_id)
         if record is None:
             return None
-        held = None
-        if not record.ended:
-            held = yield data.held(record.id, record.length)
-        if record.length is None and held is not None and held != (0, False):
-            self._stale_record(record, held)
-            return None
-        plan = plan_restore(record, held)
-        if plan.recreate:
-            created = yield data.create(record.id)
-            yield created.close()
-        return Upload.restore(record, plan, self._services, self._forget, self._ended_upload)
+        return (yield self._rebuild(record))
 
     # ---- letting go -------------------------------------------------------
 

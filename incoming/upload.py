@@ -1023,7 +1023,8 @@ class Upload:
         """A chunk write failed.  A full disk keeps what is stored: the
         browser is told (code 10) and comes back later; the writes queued
         behind it are dropped, it sends them again."""
-        if not failure.check(NoSpace):
+        come_back = _come_back(failure) if failure.check(NoSpace) else None
+        if come_back is None:
             return self._failed(failure)
         self._writes += 1
         self._log.warn(
@@ -1032,9 +1033,7 @@ class Upload:
             why=str(failure.value),
             pos=self.received,
         )
-        self._store_away(
-            f"the server's disk is full ({failure.value}); try again later", ErrorCode.NO_SPACE
-        )
+        self._store_away(*come_back)
         return None
 
     def _chunk_stored(self, data, seconds: float | None, channel) -> None:
