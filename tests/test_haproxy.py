@@ -68,8 +68,10 @@ def haproxy_config(folder: Path, upstreams, public: int, internal: int) -> str:
         ("/run/haproxy/admin.sock", str(folder / "admin.sock"), 1),
         ("log /dev/log local0", "log stdout format raw local0", 1),
     ]
-    swaps += [(f" {shipped}", f" 127.0.0.1:{port}", 1)
-              for shipped, port in zip(SHIPPED_PORTS, upstreams, strict=True)]
+    # whole server lines, done before the binds: a test port such as 40133
+    # must not be taken for the shipped 4013
+    swaps[:0] = [(f"server {name} {shipped}", f"server {name} 127.0.0.1:{port}", 1)
+                 for name, shipped, port in zip(SERVERS, SHIPPED_PORTS, upstreams, strict=True)]
     if os.geteuid() != 0:
         swaps += [(f"\n    {line}\n", "\n", 1)
                   for line in ("chroot /var/lib/haproxy", "user haproxy", "group haproxy")]

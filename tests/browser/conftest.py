@@ -110,21 +110,25 @@ def proxies(server):
 def open_page(request, browser, backend, server):
     """open_page(host) -> BrowserPage: the test page in a fresh browser
     context, loading incoming.js from `host` (the server, or a proxy in
-    front of it) and calling incoming.set_server_hostname(host)."""
+    front of it) and calling incoming.set_server_hostname(host).
+    `page_server`: a Backend that serves the page instead of `backend`;
+    an https one makes the page load the library over https and upload
+    over wss:// (the test certificates are accepted)."""
     contexts = []
     console = []
     diagnose(request, "browser console", lambda: "\n".join(console))
 
-    def open_(host: str | None = None) -> BrowserPage:
+    def open_(host: str | None = None, page_server: Backend | None = None) -> BrowserPage:
         host = host or server.host
-        library = f"http://{host}{LIBRARY_PATH}"  # as api.md tells web apps
-        context = browser.new_context()
+        page_server = page_server or backend
+        library = f"{page_server.scheme}://{host}{LIBRARY_PATH}"  # as api.md tells web apps
+        context = browser.new_context(ignore_https_errors=page_server.scheme == "https")
         contexts.append(context)
         page = context.new_page()
         page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"page error: {e}"))
         query = urllib.parse.urlencode({"server": host, "library": library})
-        page.goto(backend.url(f"/page.html?{query}"))
+        page.goto(page_server.url(f"/page.html?{query}"))
         assert page.evaluate("() => typeof incoming === 'object' && typeof T === 'object'"), (
             f"incoming.js did not load from {library}: {console}")
         return BrowserPage(page)

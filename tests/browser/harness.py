@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -197,10 +198,16 @@ class Backend:
     sha256 of the file as it is at handover time), answers `done` or, for
     tickets told so, `wait`; also serves the test page."""
 
-    def __init__(self):
+    def __init__(self, tls: tuple[str, str] | None = None):
+        """`tls`: (certificate, key) PEM files to serve https instead."""
         self._httpd = _BackendHTTPServer(("127.0.0.1", 0), _BackendHandler)
         self._httpd.backend = self
         self.port = self._httpd.server_address[1]
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.calls: list[dict] = []
         self._answers: dict[str, str] = {}
         self._cond = threading.Condition()
@@ -209,7 +216,7 @@ class Backend:
         self._thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def stop(self):
         self._httpd.shutdown()
