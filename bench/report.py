@@ -4,7 +4,8 @@ also N workers against one, and the CPU of each process)."""
 from __future__ import annotations
 
 THROUGHPUT_FIGURES = [("mbps", "MB/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                      ("cpu_s_per_gib", "CPU-s/GiB"), ("peak_rss_mib", "peak RSS MiB")]
+                      ("cpu_s_per_gib", "CPU-s/GiB"), ("cpu_ms_per_upload", "CPU ms/upload"),
+                      ("peak_rss_mib", "peak RSS MiB")]
 MEMORY_FIGURES = [("kib_per_upload", "KiB/open upload"), ("peak_rss_mib", "peak RSS MiB")]
 REFERENCE = "reference"
 

@@ -14,13 +14,22 @@ start under a fresh ``--state-prefix``, and prints both MB/s, the ratio
 N workers / 1 worker, and the CPU of each process (parent, workers,
 redis-server, the bench's backend, the load client) per GiB.  Server CPU
 and peak RSS count the whole process tree (parent plus workers).
+
+``--profile FILE`` runs the scenarios that ``--only`` picks against
+Incoming!! (sha256 on) alone, under twistd's cProfile (``--profiler
+cprofile --savestats``: the reactor thread only), writes the statistics to
+FILE (read them with ``python -m pstats FILE``) and prints the functions
+that took the most time.  Its figures are the profiled server's, slower
+than without.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import pstats
 import shutil
 import sys
 import tempfile
@@ -92,11 +101,33 @@ def parse_args(argv=None):
                         help="also compare --state redis:// in one process with --workers N "
                              "(N >= 2) on 200 x 64 KiB and 64 x 4 MiB concurrent; starts "
                              "and stops a redis-server of its own")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="profile Incoming!! (cProfile) in the scenarios --only picks; "
+                             "statistics to FILE")
     parser.add_argument("--json", default=RESULTS, help=f"where to write the JSON [{RESULTS}]")
     args = parser.parse_args(argv)
     if args.workers and args.workers < 2:
         parser.error("--workers N compares N >= 2 workers with one")
+    if args.profile and not args.only:
+        parser.error("--profile needs --only (one scenario, say --only '64 KiB sequential')")
+    if args.profile and args.workers:
+        parser.error("--profile profiles one process: not with --workers")
     return args
+
+
+def profile_plan(settings: dict, path: str):
+    """The throughput scenarios against the profiled server only."""
+    setup = dataclasses.replace(DIGEST_ON, label="incoming sha256, profiled", profile=path)
+    for load in settings["loads"]:
+        yield load.name, "throughput", setup, lambda b, l=load: b.throughput(setup, l)
+
+
+def print_profile(path: str, lines: int = 30) -> None:
+    stats = pstats.Stats(path)
+    print(f"\n{path}: the reactor thread's functions, by time spent in each itself")
+    stats.sort_stats("tottime").print_stats(lines)
+    print("... and with the functions they called")
+    stats.sort_stats("cumulative").print_stats(lines)
 
 
 def main(argv=None):
@@ -112,8 +143,9 @@ def main(argv=None):
         if args.workers:
             redis = start_redis(redis_folder)
         bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps, redis)
-        results = run_plan(bench, plan(settings, args.delay_ms, args.rate_mbps, args.workers),
-                           args.only)
+        steps = (profile_plan(settings, os.path.abspath(args.profile)) if args.profile
+                 else plan(settings, args.delay_ms, args.rate_mbps, args.workers))
+        results = run_plan(bench, steps, args.only)
     finally:
         if redis is not None:
             redis.stop()
@@ -143,6 +175,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         f.write(text + "\n")
+    if args.profile and os.path.exists(args.profile):
+        print_profile(args.profile)
     if any("error" in r for r in results):
         sys.exit(1)
 

@@ -70,6 +70,7 @@ class Setup:
     reference: bool = False
     byte_window: bool = False
     workers: int = 0
+    profile: str | None = None  # twistd --profile: cProfile statistics to this file
 
     def start(self, folder: str, storage: str, fsync: str, redis_url: str | None = None):
         if self.reference:
@@ -81,7 +82,8 @@ class Setup:
             options += ("--state", redis_url, "--state-prefix", f"bench-{uuid.uuid4().hex[:12]}:")
         if self.workers > 1:
             options += ("--workers", str(self.workers))
-        return start_incoming(folder, storage, *options, workers=max(1, self.workers))
+        return start_incoming(folder, storage, *options, workers=max(1, self.workers),
+                              profile=self.profile)
 
     def client_argv(self, port: int, target: int, backend_url: str) -> list:
         argv = ["--target", f"127.0.0.1:{target}"]
@@ -241,6 +243,7 @@ class Bench:
             result = {
                 "mbps": report["mbps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
                 "cpu_s_per_gib": cpu / (report["bytes"] / GIB), "peak_rss_mib": peak / 1024,
+                "cpu_ms_per_upload": cpu * 1000 / load.count,
                 "elapsed_s": report["elapsed"],
                 "client_cpu_s_per_gib": report["cpu_s"] / (report["bytes"] / GIB), **checked,
             }

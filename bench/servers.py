@@ -97,10 +97,13 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_incoming(folder: str, storage: str, *options, workers: int = 1) -> ServerProcess:
-    """twistd -n incoming; with workers > 1, options must hold --workers."""
+def start_incoming(folder: str, storage: str, *options, workers: int = 1,
+                   profile: str | None = None) -> ServerProcess:
+    """twistd -n incoming; with workers > 1, options must hold --workers.
+    profile: a file for twistd's cProfile statistics (written at stop)."""
     port = free_port()
-    argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "incoming",
+    profiling = ["--profile", profile, "--profiler", "cprofile", "--savestats"] if profile else []
+    argv = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", *profiling, "incoming",
             "--port", f"tcp:{port}:interface=127.0.0.1:backlog={BACKLOG}",
             "--storage-dir", storage, *options]
     return ServerProcess(argv, port, folder, cwd=folder, accepting=workers)

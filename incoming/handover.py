@@ -8,13 +8,24 @@ The backend gets a form POST when a file is complete (answer ``done`` or
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import treq
 from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import client as web_client
+from twisted.web._newclient import RequestNotSent
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from .deadline import Deadline
 
@@ -54,7 +65,12 @@ class BackendClient:
         def exchange():
             # A redirect is an answer (a 303 would turn the POST into a GET
             # without the form), and only the first bytes are kept.
-            response = yield self._http.post(url, data=fields, allow_redirects=False)
+            try:
+                response = yield self._http.post(url, data=fields, allow_redirects=False)
+            except RequestNotSent:
+                # A pooled connection that closed before a byte of this
+                # request went out: the backend saw nothing; once more.
+                response = yield self._http.post(url, data=fields, allow_redirects=False)
             body = bytearray()
 
             def keep(data):
@@ -176,18 +192,62 @@ def _describe(error: BaseException) -> str:
     return text
 
 
+# A pooled connection unused this long is closed by us, before a backend's
+# own keep-alive timeout (often 2-5 s) closes it under a new request.
+POOL_IDLE_SECONDS = 1
+# Connections kept open per backend (host and port) between handovers.
+POOL_PER_BACKEND = 16
+
+
 def backend_http(reactor, tls_policy):
-    """The HTTP client of the handover and cancellation POSTs: a new
-    connection per POST (a pooled one the backend closed meanwhile would fail
-    it, and POSTs are not retried), and no cookie jar (a backend's cookies are
-    never stored or sent back)."""
+    """The HTTP client of the handover and cancellation POSTs: persistent
+    connections, pooled per backend and closed after POOL_IDLE_SECONDS
+    unused; IP literals connected to directly (the standard endpoint sends
+    every name, 127.0.0.1 too, through getaddrinfo in a thread); no cookie
+    jar (a backend's cookies are never stored or sent back)."""
     from http.cookiejar import CookieJar, DefaultCookiePolicy
 
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
-    agent = Agent(
-        reactor, contextFactory=tls_policy, pool=HTTPConnectionPool(reactor, persistent=False)
-    )
+    pool = _Pool(reactor, persistent=True)
+    endpoints = _BackendEndpoints(reactor, tls_policy or BrowserLikePolicyForHTTPS())
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     no_cookies: Any = CookieJar(DefaultCookiePolicy(allowed_domains=[]))  # accepts none
     return HTTPClient(agent, cookiejar=no_cookies)
+
+
+class _QuietClientFactory(web_client._HTTP11ClientFactory):
+    """Twisted's pool factory logs "Starting factory" and "Stopping factory"
+    for every connection: two lines per handover that say nothing."""
+
+    noisy = False
+
+
+class _Pool(web_client.HTTPConnectionPool):
+    _factory = _QuietClientFactory
+    maxPersistentPerHost = POOL_PER_BACKEND
+    cachedConnectionTimeout = POOL_IDLE_SECONDS
+
+
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoints:
+    """TCP (TLS for https) to the backend; an IP literal without a lookup."""
+
+    def __init__(self, reactor, tls_policy):
+        self._reactor = reactor
+        self._tls_policy = tls_policy
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii")
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            endpoint: Any = HostnameEndpoint(self._reactor, uri.host, uri.port)
+        else:
+            direct = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+            endpoint = direct(self._reactor, str(address), uri.port)
+        if uri.scheme == b"https":
+            creator = self._tls_policy.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return endpoint

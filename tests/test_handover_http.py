@@ -1,13 +1,21 @@
 """The handover's HTTP client against a real backend on a loopback port:
 no redirects (a 303 would turn the POST into a GET without the form), no
-cookie jar, and only the first bytes of an answer are read."""
+cookie jar, only the first bytes of an answer are read, connections are
+kept and reused (and replaced when the backend closed them), and an IP
+literal is connected to without a name lookup."""
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
+from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.web.resource import Resource
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestNotSent, ResponseNeverReceived
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from incoming.handover import DONE, MAX_ANSWER_BYTES, BackendClient, HandoverFailed, backend_http
@@ -29,10 +37,12 @@ class Backend(Resource):
     def __init__(self):
         super().__init__()
         self.requests = []  # (method, path, Cookie header)
+        self.client_ports = []  # of each request's connection
         self.chatty_sent = None  # pieces of the long answer written before the hang-up
 
     def render(self, request):
         self.requests.append((request.method, request.path, request.getHeader(b"cookie")))
+        self.client_ports.append(request.getClientAddress().port)
         if request.path == b"/moved":
             request.setResponseCode(303)
             request.setHeader(b"location", b"/elsewhere")
@@ -58,9 +68,9 @@ class Backend(Resource):
         reactor.callLater(0.005, self._more, request, pieces + 1)
 
 
-async def with_backend(test):
+async def with_backend(test, idle_timeout=60.0):
     backend = Backend()
-    port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+    port = reactor.listenTCP(0, Site(backend, timeout=idle_timeout), interface="127.0.0.1")
     http = backend_http(reactor, None)
     client = BackendClient(http, reactor, 10.0)
     base = f"http://127.0.0.1:{port.getHost().port}"
@@ -68,6 +78,7 @@ async def with_backend(test):
         await test(client, base, backend)
     finally:
         await port.stopListening()
+        await http._agent._pool.closeCachedConnections()
 
 
 @pytest_twisted.ensureDeferred
@@ -107,3 +118,85 @@ async def test_only_the_first_bytes_of_an_answer_are_read():
         assert MAX_ANSWER_BYTES < 65536
 
     await with_backend(test)
+
+
+@pytest_twisted.ensureDeferred
+async def test_handovers_to_one_backend_share_a_connection():
+    async def test(client, base, backend):
+        for _ in range(3):
+            assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
+        await client.report_cancel(Ticket(base + "/"), "f.bin", "why")
+        assert len(backend.client_ports) == 4 and len(set(backend.client_ports)) == 1
+
+    await with_backend(test)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_the_backend_closed_is_replaced():
+    """The backend closes idle connections after 0.2 s (as gunicorn or
+    node close theirs after a few seconds): the next handover still
+    arrives, once, on a new connection."""
+
+    async def test(client, base, backend):
+        assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
+        await deferLater(reactor, 0.5, lambda: None)
+        assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
+        assert len(backend.client_ports) == 2 and len(set(backend.client_ports)) == 2
+
+    await with_backend(test, idle_timeout=0.2)
+
+
+class CountingResolver:
+    """The reactor's resolver, counting the names it is asked for."""
+
+    def __init__(self, resolver):
+        self._resolver = resolver
+        self.names = []
+
+    def resolveHostName(self, receiver, hostName, *args, **kwargs):
+        self.names.append(hostName)
+        return self._resolver.resolveHostName(receiver, hostName, *args, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ip_literal_backend_is_not_looked_up():
+    async def test(client, base, backend):
+        resolver = CountingResolver(reactor.nameResolver)
+        previous = reactor.installNameResolver(resolver)
+        try:
+            assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
+            assert resolver.names == []
+            by_name = base.replace("127.0.0.1", "localhost")
+            assert await client.hand_over(Ticket(by_name + "/"), "/f", "f.bin", None) == DONE
+            assert resolver.names == ["localhost"]
+        finally:
+            reactor.installNameResolver(previous)
+
+    await with_backend(test)
+
+
+class FlakyHTTP:
+    """An HTTP client whose first POST fails with ``error``."""
+
+    def __init__(self, error, http):
+        self.error, self.http, self.posts = error, http, 0
+
+    def post(self, *args, **kwargs):
+        self.posts += 1
+        if self.posts == 1:
+            return fail(self.error)
+        return self.http.post(*args, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handover_is_sent_again_only_if_nothing_of_it_was_sent():
+    stub = StubTreq(Backend())
+    unsent = FlakyHTTP(RequestNotSent(), stub)
+    client = BackendClient(unsent, reactor, 10.0)
+    assert await client.hand_over(Ticket("http://backend.example/"), "/f", "f.bin", None) == DONE
+    assert unsent.posts == 2
+    lost = FlakyHTTP(ResponseNeverReceived([Failure(ConnectionLost())]), stub)
+    client = BackendClient(lost, reactor, 10.0)
+    with pytest.raises(HandoverFailed):  # the backend may have taken it: not twice
+        await client.hand_over(Ticket("http://backend.example/"), "/f", "f.bin", None)
+    assert lost.posts == 1
