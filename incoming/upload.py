@@ -1140,6 +1140,7 @@ class Upload:
     @_machine.output()
     def _record_end(self):
         self._ended_at = self._clock.seconds()
+        self._release_space()  # an ended upload holds no promise (nor is held by one)
 
     @_machine.output()
     def _bury_announce_remove(self):

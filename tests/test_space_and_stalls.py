@@ -16,7 +16,7 @@ from zope.interface import directlyProvides, providedBy
 from fakes import fired
 from incoming.config import Settings
 from incoming.embedded import embedded_stores
-from incoming.handover import DONE
+from incoming.handover import DONE, HandoverFailed
 from incoming.interfaces import NoSpace, StoreComposer
 from incoming.registry import UploadRegistry
 from incoming.storage_pool import run_here
@@ -155,6 +155,33 @@ def test_a_stalled_upload_keeps_no_room_from_others(tmp_path):
     fine = FakeChannel()
     b.connect(fine, len(FILE), "b.bin")
     assert fine.failures == [] and fine.file_positions == [0]
+
+
+def test_ended_uploads_hold_no_promise(tmp_path):
+    """Finished, cancelled and failed uploads let go of their promise (the
+    promises would otherwise hold every upload ever made in memory, and
+    each check would count them all)."""
+    clock = Clock()
+    registry, backend, _ = registry_with(tmp_path, clock)
+    ended = []
+    for n in range(3):
+        upload = fired(registry.create("http://backend.example/h", "pw", True))
+        channel = FakeChannel()
+        upload.connect(channel, len(FILE), "f.bin")
+        if n == 0:
+            send(upload, channel, FILE)
+            backend.handovers[-1].deferred.callback(DONE)
+        elif n == 1:
+            send(upload, channel, FILE[:KiB])
+            upload.cancel(channel, "changed my mind")
+        else:
+            send(upload, channel, FILE)
+            backend.handovers[-1].deferred.errback(HandoverFailed("backend on fire"))
+        ended.append(upload)
+    assert [u.state for u in ended] == ["finished", "cancelled", "cancelled"]
+    space = registry._services.space
+    assert space.promised(clock.seconds()) == 0
+    assert not any(u in space._holders for u in ended)
 
 
 def test_a_fingerprint_client_that_never_answers_its_sample_is_cut_off(tmp_path):
