@@ -1,19 +1,19 @@
 """
-The state store of the embedded default, in the storage folder: a new
-ticket's record is a line of the ticket log (`incoming.ticket_log`); from
-its first change on, an upload has a small JSON file of its own,
-``<ticket id>.json``, which wins over its line.
+The state store of the embedded default, in the storage folder: every
+record is a line of the record log (`incoming.ticket_log`,
+``.incoming.tickets``), each change a new line, the last one of an id
+winning.
 
-A record file is replaced atomically (write a temporary file, then rename
-over the old one), so a crash leaves the old or the new one; when durable,
-the file and then the folder are synced, so the rename survives a power
-loss too.  Versions are checked in memory: one process owns the folder.
-Writes run through ``run_blocking``, one record's writes in order.
+A line is appended at once, on the reactor thread, to the log kept open
+(a write to the page cache, as a chunk's); when durable (``--fsync
+chunk``) the appends go to a storage thread and are synced, several
+together.  Versions are checked in memory: one process owns the folder.
+One record's changes run in order.  Records of earlier versions,
+``<id>.json`` files, are read at start, written into the log and removed.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 
 import attr
@@ -21,11 +21,10 @@ from twisted.internet.defer import fail, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .fsops import remove_quietly, sync_folder
+from .fsops import remove_quietly
 from .ids import parse_ticket_id
 from .interfaces import (
     IStateStore,
-    NoSpace,
     RecordExists,
     RecordInvalid,
     StoreError,
@@ -35,11 +34,15 @@ from .records import UploadRecord, record_from_json
 from .storage_pool import SerialQueue
 from .ticket_log import (
     COMPACT_AFTER,
+    AppendFailed,
     GroupWriter,
     append_lines,
+    append_open,
     compact_log,
+    cut_back,
     cut_torn_tail,
     deleted_line,
+    open_for_appends,
     read_log,
     rewrite_log,
     ticket_line,
@@ -64,10 +67,10 @@ class FileStateStore:
         self._ended: dict[str, float] = {}  # tombstones: id -> ended_at
         self._queues: dict[str, SerialQueue] = {}
         self._tickets = GroupWriter(run_blocking)
-        self._in_log: set[str] = set()  # ids whose record is their log line
-        self._logged: set[str] = set()  # ids with a line in the log, live or not
-        self._dead_lines = 0
+        self._in_log: set[str] = set()  # ids whose record is a live line of the log
+        self._dead_lines = 0  # older versions and deleted records, still in the file
         self._log_read = False  # all() has read the folder: _in_log is complete
+        self._fd: int | None = None  # the log, open for appends (from all() on)
 
     def _path(self, upload_id: str) -> str:
         return os.path.join(self.folder, upload_id + RECORD_SUFFIX)
@@ -89,7 +92,6 @@ class FileStateStore:
 
         def logged(_):
             self._in_log.add(record.id)
-            self._logged.add(record.id)
             return self._written(stored)
 
         def failed(failure):
@@ -104,10 +106,17 @@ class FileStateStore:
         return d.addCallbacks(logged, failed)
 
     def _append(self, lines: list[bytes]):
-        return self._run(append_lines, self.folder, lines, self._durable)
+        if self._durable or self._fd is None:
+            return self._run(append_lines, self.folder, lines, self._durable)
+        fd = self._fd
+        try:
+            append_open(fd, lines)
+        except AppendFailed as e:
+            error = e.error
+            return self._run(cut_back, fd, e.start).addBoth(lambda _: fail(error))
+        return succeed(None)
 
-    def _line_died(self, upload_id: str, lines: int = 1) -> None:
-        self._in_log.discard(upload_id)
+    def _lines_died(self, lines: int) -> None:
         self._dead_lines += lines
         if self._dead_lines > max(COMPACT_AFTER, len(self._in_log)):
             self._dead_lines = 0
@@ -117,12 +126,19 @@ class FileStateStore:
 
     def _compact(self):
         live = set(self._in_log)
-        dropped = self._logged - live
 
-        def done(_):
-            self._logged -= dropped
+        def compact():
+            compact_log(self.folder, live)
+            if self._fd is None:
+                return None
+            return open_for_appends(self.folder)  # the new file
 
-        return self._run(compact_log, self.folder, live).addCallback(done)
+        def reopened(fd):
+            old, self._fd = self._fd, fd
+            if old is not None:
+                os.close(old)
+
+        return self._run(compact).addCallback(reopened)
 
     def update(self, record: UploadRecord, expected_version: int):
         stored = attr.evolve(record, version=expected_version + 1)
@@ -133,11 +149,14 @@ class FileStateStore:
                 raise VersionConflict(
                     f"upload {record.id} is at version {current}, not {expected_version}"
                 )
-            return self._run(self._write, stored).addCallback(written)
+            d = self._tickets.append(self._append, ticket_line(stored))
+            return d.addCallback(written)
 
         def written(_):
-            if record.id in self._in_log:
-                self._line_died(record.id)
+            had_line = record.id in self._in_log
+            self._in_log.add(record.id)
+            if had_line:
+                self._lines_died(1)  # its previous version
             return self._written(stored)
 
         return self._in_order(record.id, step)
@@ -162,22 +181,14 @@ class FileStateStore:
 
     def delete(self, upload_id: str):
         def step():
-            # Its line's tombstone first: if that cannot be written, the
-            # record stays (a line alone would bring the ticket back).
-            if upload_id not in self._logged:
-                return remove()
+            # The deletion's line first: if that cannot be written, the
+            # record stays (its line would bring the upload back).
             d = self._tickets.append(self._append, deleted_line(upload_id))
             return d.addCallback(unlogged)
 
         def unlogged(_):
-            self._logged.discard(upload_id)
-            self._line_died(upload_id, 2 if upload_id in self._in_log else 1)
-            return remove()
-
-        def remove():
-            return self._run(remove_quietly, self._path(upload_id)).addCallback(forget)
-
-        def forget(_):
+            self._lines_died(2 if upload_id in self._in_log else 1)
+            self._in_log.discard(upload_id)
             self._versions.pop(upload_id, None)
             self._ended.pop(upload_id, None)
             queue = self._queues.get(upload_id)
@@ -194,10 +205,12 @@ class FileStateStore:
         return self._run(self._load_all).addCallback(self._loaded)
 
     def _loaded(self, found):
-        in_log, records = found
+        in_log, records, fd = found
         self._in_log = set(in_log)
-        self._logged = set(in_log)
         self._dead_lines = 0
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
         self._log_read = True
         for record in records:
             self._written(record)
@@ -211,34 +224,16 @@ class FileStateStore:
 
     # ---- blocking, in a storage thread -------------------------------------
 
-    def _write(self, record: UploadRecord) -> None:
-        path = self._path(record.id)
-        temp = os.path.join(self.folder, record.id + TEMP_SUFFIX)
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(record.to_json())
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self._durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-            if self._durable:
-                sync_folder(self.folder)
-        except OSError as e:
-            remove_quietly(temp)
-            error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
-            raise error(f"cannot write the record of upload {record.id}: {e.strerror}") from None
-
-    def _load_all(self) -> tuple[list[str], list[UploadRecord]]:
-        """The ids whose record is a log line, and every readable record; the
-        log is rewritten with its live lines only.  A corrupt record file (not
+    def _load_all(self) -> tuple[list[str], list[UploadRecord], int]:
+        """The ids of the live records, the records, and the log open for
+        appends; the log is rewritten with its live lines only (and with
+        the ``<id>.json`` records of an earlier version, which win over
+        their lines and are then removed).  A corrupt record file (not
         JSON, not an object, a field of the wrong type: a torn write, a disk
-        error, a hand edit) is moved aside to ``<id>.json.corrupt`` and logged with the files of its
-        upload, which are left alone for the operator; the server starts."""
-        records = {}
+        error, a hand edit) is moved aside to ``<id>.json.corrupt`` and
+        logged with the files of its upload, which are left alone for the
+        operator; the server starts."""
+        files = {}
         unread = set()  # ids whose own file is unreadable: their line is older
         for name in sorted(os.listdir(self.folder)):
             if name.endswith(TEMP_SUFFIX):
@@ -250,7 +245,7 @@ class FileStateStore:
                 continue
             try:
                 with open(self._path(upload_id), "rb") as f:
-                    records[upload_id] = record_from_json(f.read(), upload_id)
+                    files[upload_id] = record_from_json(f.read(), upload_id)
             except RecordInvalid as e:
                 unread.add(upload_id)
                 self._move_aside(upload_id, str(e))
@@ -258,15 +253,21 @@ class FileStateStore:
                 unread.add(upload_id)
                 self._log.error("cannot read upload record {name}: {why}", name=name, why=str(e))
         logged = read_log(self.folder)
-        in_log = [i for i in logged.records if i not in records and i not in unread]
-        if logged.torn or logged.lines != len(in_log):
+        records = {i: r for i, r in logged.records.items() if i not in unread}
+        records.update(files)
+        if files or logged.torn or logged.lines != len(records):
             try:
-                rewrite_log(self.folder, [logged.records[i] for i in in_log])
+                rewrite_log(self.folder, records.values())
             except StoreError as e:  # a full disk: start with the log as it is
                 self._log.error("ticket log: {why}; kept as it is", why=str(e))
                 if logged.torn:
                     cut_torn_tail(self.folder)
-        return in_log, list(records.values()) + [logged.records[i] for i in in_log]
+                if files:  # they still win over their lines: keep them as they are
+                    raise StoreError(f"{e}; cannot take in the records of an earlier version")
+            else:
+                for upload_id in files:
+                    remove_quietly(self._path(upload_id))
+        return list(records), list(records.values()), open_for_appends(self.folder)
 
     def _move_aside(self, upload_id: str, why: str) -> None:
         aside = upload_id + CORRUPT_SUFFIX

@@ -1,15 +1,18 @@
 """
-The records of tickets that never connected, one line each in one
+The upload records of the embedded default: one line each in one
 append-only file, ``.incoming.tickets`` in the storage folder.
 
-Most tickets a backend asks for are used at once, but some never are, and
-a caller may ask for many: one file per ticket costs a 4 KiB block each, a
-line here costs its length (about 300 bytes).  A ticket leaves the log when
-its record first changes (it then gets a ``<id>.json`` of its own, which
-wins over its line) or is deleted (a ``{"deleted": id}`` line says so).
-Dead lines are dropped by rewriting the file (a temporary file, then a
-rename) at start and whenever they outnumber the live ones (and number
-more than `COMPACT_AFTER`).
+A new ticket is a line; each change of its record appends the whole
+record again as a new line, and the last line of an id wins; a deleted
+record gets a ``{"deleted": id}`` line.  One file for every record costs
+no file creation per change (a record of its own per upload, replaced by a
+rename at each change, cost a new inode each time: most of the storage
+work of a small upload) and a line costs its length (about 300 bytes, where
+a file takes a 4 KiB block).  Dead lines (older versions, deleted records)
+are dropped by rewriting the file (a temporary file, then a rename) at
+start and whenever they outnumber the live ones (and number more than
+`COMPACT_AFTER`).  ``<id>.json`` files, the records of earlier versions,
+are read at start, written into the log and removed.
 
 Appends waiting while one is being written go to disk together, in one
 write (and one fsync, when durable).  A crash can tear only the last line,
@@ -146,6 +149,48 @@ def append_lines(folder: str, lines: list[bytes], durable: bool) -> None:
         raise error(f"cannot write the ticket log {path}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def open_for_appends(folder: str) -> int:
+    """The log's file descriptor, to append to without opening it each time
+    (blocking: it may create the file)."""
+    path = os.path.join(folder, TICKETS_NAME)
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open the ticket log {path}: {e.strerror}") from None
+
+
+class AppendFailed(Exception):
+    """An append to the open log failed after ``start`` (its old size)."""
+
+    def __init__(self, start: int, error: StoreError):
+        super().__init__(str(error))
+        self.start = start
+        self.error = error
+
+
+def append_open(fd: int, lines: list[bytes]) -> None:
+    """Append whole lines to the open log, without a sync: a write to the
+    page cache, like a chunk's (fit for the reactor thread).  On failure the
+    caller cuts the file back to ``AppendFailed.start`` (in a storage
+    thread)."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(b"".join(lines))
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as e:
+        error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+        raise AppendFailed(start, error(f"cannot write the ticket log: {e.strerror}")) from None
+
+
+def cut_back(fd: int, start: int) -> None:
+    """Drop what a failed append left after ``start`` (blocking)."""
+    try:
+        os.ftruncate(fd, start)
+    except OSError:
+        pass  # a torn tail is cut at the next start
 
 
 def rewrite_log(folder: str, keep: Iterable[UploadRecord]) -> None:

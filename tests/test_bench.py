@@ -3,6 +3,7 @@ sizes) must print every figure with its ratio to the reference and verify
 the sha256 of every stored file."""
 
 import json
+import pstats
 import os
 import re
 import socket
@@ -13,7 +14,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIO = re.compile(r"\((-?\d+\.\d\dx|n/a)\)")
-FIGURES = {"throughput": ["mbps", "p50_ms", "p99_ms", "cpu_s_per_gib", "peak_rss_mib"],
+FIGURES = {"throughput": ["mbps", "p50_ms", "p99_ms", "cpu_s_per_gib", "cpu_ms_per_upload",
+                          "peak_rss_mib"],
            "memory": ["kib_per_upload", "peak_rss_mib"]}
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"),
@@ -49,6 +51,22 @@ def test_quick_bench_prints_every_figure_with_its_ratio(tmp_path):
             # The handover carries the server's digest only when it is on.
             sent = 0 if result["server"] == "incoming no digest" else result["verified"]
             assert result["handover_sha256"] == sent, result
+
+
+def test_profile_writes_the_servers_statistics_for_one_scenario(tmp_path):
+    output, stats = tmp_path / "profiled.json", tmp_path / "small.prof"
+    scenario = "10 x 64 KiB sequential"
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", scenario,
+                          "--profile", str(stats), "--json", str(output)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    (result,) = json.loads(output.read_text())["results"]
+    assert result["scenario"] == scenario and result["server"] == "incoming sha256, profiled"
+    assert result["verified"] == 10 and result["cpu_ms_per_upload"] > 0
+    profiled = pstats.Stats(str(stats)).stats  # (file, line, function) -> figures
+    handled = [key for key in profiled if key[0].endswith("incoming/upload.py")]
+    assert handled and "the reactor thread's functions" in run.stdout
+    assert max(profiled[key][0] for key in handled) >= 10  # called for each upload
 
 
 def test_quick_bench_compares_two_workers_with_one(tmp_path):

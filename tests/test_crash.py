@@ -3,13 +3,14 @@ graceful SIGTERM, then a restart on the same folder; every upload completes
 byte for byte with the right sha256."""
 
 import hashlib
-import json
+
 import os
 import signal
 
 import pytest_twisted
 from twisted.internet import reactor, task
 
+from fakes import stored_records
 from test_twistd import TwistdServer, backend, new_upload  # noqa: F401 (fixture)
 from wsclient import upload
 
@@ -26,11 +27,8 @@ async def wait_for(predicate, timeout=20.0):
 
 
 def record_state(server, ticket):
-    try:
-        with open(server.storage / f"{ticket}.json") as f:
-            return json.load(f)["state"]
-    except FileNotFoundError:
-        return None
+    record = stored_records(server.storage).get(ticket)
+    return None if record is None else record["state"]
 
 
 async def kill(server):

@@ -15,7 +15,7 @@ run to run, so a failure may need a few runs with its seed to reappear.
 from __future__ import annotations
 
 import hashlib
-import json
+
 import os
 import random
 import signal
@@ -24,6 +24,8 @@ import time
 import pytest
 import pytest_twisted
 import test_twistd
+from fakes import stored_records
+from incoming.ticket_log import TICKETS_NAME
 from test_twistd import TwistdServer, backend, free_port, new_upload  # noqa: F401 (fixture)
 from twisted.internet import defer, error, reactor, task
 from wsclient import upload
@@ -140,17 +142,12 @@ async def browser(port, ticket, data, rng, deadline, result):
 
 def folder_listing(storage):
     """(data files, .part files, records by id, anything else)."""
-    data, parts, records, other = set(), set(), {}, set()
+    data, parts, other = set(), set(), set()
+    records = stored_records(storage)
     for name in os.listdir(storage):
         if name.endswith(".part"):
             parts.add(name)
-        elif name.endswith(".json"):
-            try:
-                with open(storage / name) as f:
-                    records[name.removesuffix(".json")] = json.load(f)
-            except FileNotFoundError:  # a tombstone swept meanwhile
-                continue
-        elif name == ".incoming.lock":  # the running server's folder lock
+        elif name in (".incoming.lock", TICKETS_NAME):  # the folder lock, the record log
             continue
         elif "." not in name:
             data.add(name)
@@ -329,8 +326,7 @@ async def test_streaming_longer_than_the_idle_timeout_survives_a_kill_9(tmp_path
                 break
             await sleep(0.02)
         streaming = time.monotonic() - connected
-        with open(server.storage / f"{ticket}.json") as f:
-            record = json.load(f)
+        record = stored_records(server.storage)[ticket]
         touched_ago = time.time() - record["touched_at"]
         await servers.kill()
         before = await first

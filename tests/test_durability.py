@@ -95,15 +95,13 @@ def test_durable_records_sync_the_record_then_the_folder(tmp_path, disk):
     ]
     del disk[:]
     fired(store.update(attr.evolve(first, state="uploading", length=5), 1))
-    assert disk == [
-        ("fsync", "file", f"{first.id}.json.tmp"),
-        ("replace", f"{first.id}.json.tmp", f"{first.id}.json"),
-        ("fsync", "folder", tmp_path.name),
-    ]
+    assert disk == [("fsync", "file", ".incoming.tickets")]  # a change is a line too
 
 
-def test_records_that_need_not_be_durable_are_only_replaced_atomically(tmp_path, disk):
+def test_records_that_need_not_be_durable_are_only_appended(tmp_path, disk):
     store = FileStateStore(str(tmp_path), run_here)
     first = fired(store.create(a_record()))
     fired(store.update(attr.evolve(first, state="uploading", length=5), 1))
-    assert disk == [("replace", f"{first.id}.json.tmp", f"{first.id}.json")]
+    fired(store.delete(first.id))
+    assert disk == []
+    assert (tmp_path / ".incoming.tickets").read_bytes().count(b"\n") == 3

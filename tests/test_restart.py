@@ -14,7 +14,7 @@ from incoming.config import Settings
 from incoming.wire import ErrorCode
 
 from conftest import start_server
-from fakes import FakeChannel, create, embedded_registry
+from fakes import FakeChannel, create, embedded_registry, stored_records
 from test_protocol import wait_until
 from wsclient import upload
 
@@ -177,8 +177,8 @@ def test_foreign_files_are_left_alone_and_logged(tmp_path):
     assert len(registry) == 0
     logged = [formatEvent(e) for e in events]
     assert any("notes.txt belongs to no open upload" in line for line in logged)
-    assert sorted(os.listdir(tmp_path)) == [
-        "0d6b1f36-5c1a-4c1e-9d5b-5f0b2f3a9a11.part", "notes.txt"]
+    assert sorted(os.listdir(tmp_path)) == [  # and the server's (empty) record log
+        ".incoming.tickets", "0d6b1f36-5c1a-4c1e-9d5b-5f0b2f3a9a11.part", "notes.txt"]
 
 
 def test_an_ended_upload_is_remembered_across_a_restart_until_its_retention_ends(tmp_path):
@@ -197,7 +197,7 @@ def test_an_ended_upload_is_remembered_across_a_restart_until_its_retention_ends
     assert again.get(created.ticket.id) is tombstone
     clock.advance(2)
     assert again.get(created.ticket.id) is None
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".json")]
+    assert created.ticket.id not in stored_records(tmp_path)
     third = registry_on(tmp_path, clock)
     third.restore()
     assert third.get(created.ticket.id) is None
@@ -220,7 +220,7 @@ async def test_a_file_the_backend_took_is_offered_again_not_recreated_empty(tmp_
         assert again["filename"] == call["filename"]
         assert again["sha256"] == sha256(data)  # the recorded one, not an empty file's
         await wait_until(lambda: server.registry.get(ticket).state == "finished")
-        assert [n for n in os.listdir(server.storage_dir) if not n.endswith(".json")] == []
+        assert [n for n in os.listdir(server.storage_dir) if not n.startswith(".incoming.")] == []
     finally:
         await stop()
 

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from zope.interface import directlyProvides, providedBy
 
-from fakes import fired
+from fakes import fired, stored_records
 from incoming.config import Settings
 from incoming.embedded import embedded_stores
 from incoming.registry import UploadRegistry
@@ -199,8 +199,8 @@ def test_one_failing_store_call_ends_in_a_defined_state(scenario, fail_at, faile
     if upload is None:  # this one could not be restored: kept for the next start
         assert scenario == "restored_then_handed_over"
         folder = settings.storage_dir
-        assert any(n.endswith(".json") for n in os.listdir(folder))
-        assert any(not n.endswith(".json") for n in os.listdir(folder))
+        assert stored_records(folder)  # its record
+        assert any(not n.startswith(".incoming.") for n in os.listdir(folder))  # its file
         return
     assert injector.calls[fail_at] == failed  # the same life as the clean run, up to there
     said = [call for channel in channels for call in channel.calls]

@@ -1,12 +1,13 @@
-"""The ticket log: the records of tickets no browser has used yet, a line
-each in ``.incoming.tickets`` (incoming.ticket_log), as the file state store
-keeps them across restarts and crashes."""
+"""The record log: every upload record a line in ``.incoming.tickets``
+(incoming.ticket_log), each change a new line, the last one winning, as the
+file state store keeps them across restarts and crashes."""
 
 from __future__ import annotations
 
 import os
 
 import attr
+import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from fakes import fired
@@ -41,14 +42,36 @@ def test_a_thousand_unused_tickets_cost_one_small_file(tmp_path):
     assert records == {r.id: r for r in created}  # every field, the secret included
 
 
-def test_a_ticket_that_changes_gets_its_own_record_which_wins(tmp_path):
-    store = FileStateStore(str(tmp_path), run_here)
+def lines(folder) -> int:
+    return (folder / TICKETS_NAME).read_bytes().count(b"\n")
+
+
+@pytest.mark.parametrize("opened", [False, True], ids=["before-start", "after-start"])
+def test_each_change_is_a_line_and_the_last_one_wins(tmp_path, opened):
+    store = restarted(tmp_path)[0] if opened else FileStateStore(str(tmp_path), run_here)
     stored = fired(store.create(a_record()))
     changed = fired(store.update(attr.evolve(stored, state="uploading", length=5), 1))
-    assert os.path.exists(tmp_path / f"{stored.id}.json")
+    ended = fired(store.update(attr.evolve(changed, state="finished", ended_at=9.0), 2))
+    assert os.listdir(tmp_path) == [TICKETS_NAME]  # no file of its own, no new inode
+    assert lines(tmp_path) == 3
     _, records = restarted(tmp_path)
-    assert records == {stored.id: changed}
-    assert not (tmp_path / TICKETS_NAME).exists()  # its line was dead: rewritten away
+    assert records == {stored.id: ended}
+    assert lines(tmp_path) == 1  # the older versions were rewritten away
+
+
+def test_records_of_an_earlier_version_are_taken_into_the_log(tmp_path):
+    """<id>.json files, as versions before the record log wrote them."""
+    old = attr.evolve(a_record(state="uploading", length=7), version=3)
+    (tmp_path / f"{old.id}.json").write_bytes(old.to_json())
+    ticket = attr.evolve(a_record(), version=1)
+    store = FileStateStore(str(tmp_path), run_here)
+    fired(store.create(ticket))
+    again, records = restarted(tmp_path)
+    assert records == {old.id: old, ticket.id: ticket}
+    assert os.listdir(tmp_path) == [TICKETS_NAME]
+    fired(again.update(attr.evolve(old, state="paused"), 3))
+    _, records = restarted(tmp_path)
+    assert records[old.id].state == "paused" and records[old.id].version == 4
 
 
 def test_a_deleted_ticket_does_not_come_back_after_a_restart(tmp_path):
@@ -65,15 +88,17 @@ def test_a_deleted_ticket_does_not_come_back_after_a_restart(tmp_path):
     assert fired(again.get(kept.id)) == kept
 
 
-def test_dead_lines_are_rewritten_away_while_running(tmp_path):
-    store = FileStateStore(str(tmp_path), run_here)
+@pytest.mark.parametrize("opened", [False, True], ids=["before-start", "after-start"])
+def test_dead_lines_are_rewritten_away_while_running(tmp_path, opened):
+    store = restarted(tmp_path)[0] if opened else FileStateStore(str(tmp_path), run_here)
     records = [fired(store.create(a_record())) for _ in range(3000)]
     full = os.path.getsize(tmp_path / TICKETS_NAME)
     for record in records[:2500]:
         fired(store.delete(record.id))
     assert os.path.getsize(tmp_path / TICKETS_NAME) < full / 2
+    later = fired(store.create(a_record()))  # into the rewritten file
     _, restored = restarted(tmp_path)
-    assert sorted(restored) == sorted(r.id for r in records[2500:])
+    assert sorted(restored) == sorted([r.id for r in records[2500:]] + [later.id])
 
 
 def test_a_torn_last_line_is_dropped_and_later_tickets_are_whole(tmp_path):
@@ -107,10 +132,10 @@ def test_a_corrupt_line_is_kept_aside_and_reported_and_the_rest_restored(tmp_pat
 
 
 def test_a_corrupt_record_file_is_not_replaced_by_its_older_line(tmp_path):
+    """An earlier version's record file, left empty by a power loss."""
     store = FileStateStore(str(tmp_path), run_here)
     stored = fired(store.create(a_record()))
-    fired(store.update(attr.evolve(stored, state="uploading", length=9), 1))
-    (tmp_path / f"{stored.id}.json").write_bytes(b"")  # empty after a power loss
+    (tmp_path / f"{stored.id}.json").write_bytes(b"")
     _, records = restarted(tmp_path)
     assert records == {}  # not restored as a fresh ticket: its file is reported instead
     assert (tmp_path / f"{stored.id}.json.corrupt").exists()
@@ -118,8 +143,6 @@ def test_a_corrupt_record_file_is_not_replaced_by_its_older_line(tmp_path):
 
 def test_a_delete_whose_tombstone_cannot_be_written_leaves_the_record_whole(tmp_path,
                                                                            monkeypatch):
-    import pytest
-
     import incoming.file_state as file_state
     from incoming.interfaces import StoreError
 
@@ -137,15 +160,14 @@ def test_a_delete_whose_tombstone_cannot_be_written_leaves_the_record_whole(tmp_
     assert records == {stored.id: ended}  # the tombstone, never the old ticket
 
 
-def test_an_append_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("opened", [False, True], ids=["before-start", "after-start"])
+def test_an_append_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch, opened):
     import errno
-
-    import pytest
 
     import incoming.ticket_log as ticket_log
     from incoming.interfaces import NoSpace
 
-    store = FileStateStore(str(tmp_path), run_here)
+    store = restarted(tmp_path)[0] if opened else FileStateStore(str(tmp_path), run_here)
     before = fired(store.create(a_record()))
     real_write = os.write
 
@@ -156,10 +178,14 @@ def test_an_append_cut_short_by_a_full_disk_leaves_no_half_line(tmp_path, monkey
     monkeypatch.setattr(ticket_log.os, "write", half_then_full)
     with pytest.raises(NoSpace):
         fired(store.create(a_record()))
+    with pytest.raises(NoSpace):
+        fired(store.update(attr.evolve(before, state="uploading", length=3), 1))
     monkeypatch.setattr(ticket_log.os, "write", real_write)
     after = fired(store.create(a_record()))
+    assert (tmp_path / TICKETS_NAME).read_bytes().endswith(b"\n")
     _, records = restarted(tmp_path)
     assert sorted(records) == sorted([before.id, after.id])
+    assert records[before.id] == before  # the failed change is not there, half or whole
 
 
 def test_a_log_that_cannot_be_rewritten_at_start_does_not_stop_it(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ no-cors fetch. Chromium adds Origin and Sec-Fetch-Site; the server refuses.
 
 from __future__ import annotations
 
-import os
+from fakes import stored_records
 
 SUBMIT_FORM = """(action) => {
     const form = document.createElement("form");
@@ -26,7 +26,7 @@ NO_CORS_FETCH = """(action) => fetch(action, {
 
 
 def records(server) -> set[str]:
-    return {name for name in os.listdir(server.storage) if name.endswith(".json")}
+    return set(stored_records(server.storage))
 
 
 def test_a_page_of_another_origin_gets_no_ticket(server, backend, open_page, wait_until):
