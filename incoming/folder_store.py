@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
@@ -41,15 +42,20 @@ from .interfaces import (
 PART_SUFFIX = ".part"
 SERVER_FILES_PREFIX = ".incoming."
 READ_BLOCK = 1 << 20
+# How old a free-space measurement free_bytes(recent=True) may answer from.
+RECENT_SECONDS = 1.0
 
 
 @implementer(IDataStore, IFreeSpace, IRemoveAfterHandover, IInventory)
 class FolderStore:
     """The storage folder."""
 
-    def __init__(self, folder: str, run_blocking):
+    def __init__(self, folder: str, run_blocking, monotonic=time.monotonic):
         self.folder = os.path.abspath(folder)
         self._run = run_blocking
+        self._monotonic = monotonic
+        self._written = 0  # bytes written through this store, ever
+        self._measured: tuple[float, int, int] | None = None  # (when, free, _written then)
 
     def prepare(self) -> None:
         """Create the folder if missing; leave whatever is in it alone (blocking)."""
@@ -143,12 +149,27 @@ class FolderStore:
     def remove(self, location: str):
         return self._run(remove_quietly, location)
 
-    def free_bytes(self):
+    def free_bytes(self, recent: bool = False):
+        measured = self._measured
+        if recent and measured is not None:
+            when, free, written = measured
+            if self._monotonic() - when < RECENT_SECONDS:
+                return succeed(max(0, free - (self._written - written)))
+        written_before = self._written
+
         def blocking():
             stats = os.statvfs(self.folder)
             return stats.f_bavail * stats.f_frsize
 
-        return self._run(blocking)
+        def keep(free):
+            self._measured = (self._monotonic(), free, written_before)
+            return free
+
+        return self._run(blocking).addCallback(keep)
+
+    def wrote(self, count: int) -> None:
+        """Bytes an upload's write stored (counted against a recent measurement)."""
+        self._written += count
 
     def unclaimed(self, known_ids):
         known = set(known_ids)
@@ -188,6 +209,7 @@ class FolderUpload:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 return self._cut_back(start, e)
             return fail(StoreError(f"cannot write upload {self.upload_id}: {e.strerror}"))
+        self._store.wrote(offset - start)
         self.size = offset
         return succeed(offset)
 

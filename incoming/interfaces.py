@@ -148,8 +148,11 @@ class IDataStore(Interface):
 class IFreeSpace(Interface):
     """Optional: the store can tell how much more it can take."""
 
-    def free_bytes() -> Any:
-        """Fire with the bytes an upload may still use."""
+    def free_bytes(recent: bool = False) -> Any:
+        """Fire with the bytes an upload may still use: measured now, or with
+        ``recent``, as measured up to a second ago less what was written
+        through this store since (no measurement for each check when the
+        room is ample)."""
 
 
 class IRemoveAfterHandover(Interface):

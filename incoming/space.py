@@ -20,7 +20,11 @@ class SpacePromises:
     """Uploads that were promised room for the rest of their file."""
 
     def __init__(self) -> None:
-        self._holders: set = set()  # objects with .length, .received, .progress_at
+        # objects with .length, .received, .progress_at -> their rest when held
+        self._holders: dict = {}
+        # The rests when held, summed: never less than what is promised (a
+        # rest only shrinks), so a check that fits beside it needs no count.
+        self._bound = 0
 
     def promised(self, now: float, besides=None) -> int:
         """Bytes still to come of every holder but ``besides`` that made
@@ -31,8 +35,21 @@ class SpacePromises:
             if u is not besides and now - u.progress_at < STALLED_SECONDS
         )
 
+    def fits(self, free: int, needed: int, now: float, besides=None) -> tuple[bool, int]:
+        """Whether ``needed`` bytes fit in ``free`` beside the promises (and
+        the bytes promised, as far as counted): at once while there is room
+        beside the bound, else by counting every holder's rest."""
+        bound = self._bound - self._holders.get(besides, 0)
+        if free - bound >= needed:
+            return True, bound
+        promised = self.promised(now, besides)
+        return free - promised >= needed, promised
+
     def hold(self, upload) -> None:
-        self._holders.add(upload)
+        if upload not in self._holders:
+            rest = max(0, (upload.length or 0) - upload.received)
+            self._holders[upload] = rest
+            self._bound += rest
 
     def release(self, upload) -> None:
-        self._holders.discard(upload)
+        self._bound -= self._holders.pop(upload, 0)

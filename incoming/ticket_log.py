@@ -46,17 +46,19 @@ _log = Logger()
 
 
 _DEFAULTS = {f.name: f.default for f in attr.fields(UploadRecord) if f.default is not attr.NOTHING}
+_FIELDS = tuple(f.name for f in attr.fields(UploadRecord))
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 def ticket_line(record: UploadRecord) -> bytes:
     """One record as a log line: its JSON without the fields at their defaults."""
-    fields = {
-        k: v
-        for k, v in attr.asdict(record, recurse=False).items()
-        if k not in _DEFAULTS or v != _DEFAULTS[k]
-    }
+    fields = {}
+    for name in _FIELDS:
+        value = getattr(record, name)
+        if name not in _DEFAULTS or value != _DEFAULTS[name]:
+            fields[name] = value
     fields["schema"] = SCHEMA
-    return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
+    return _LINE_ENCODER.encode(fields).encode("utf-8") + b"\n"
 
 
 def deleted_line(upload_id: str) -> bytes:

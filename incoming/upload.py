@@ -297,11 +297,14 @@ class Upload:
             return succeed(True)
         needed = missing + self._settings.storage_reserve
 
-        def check(free):
-            promised = self._space.promised(self._clock.seconds(), besides=self)
-            if free - promised >= needed:
+        def check(free, recent):
+            fits, promised = self._space.fits(free, needed, self._clock.seconds(), besides=self)
+            if fits:
                 self._hold_space(channel)  # at once: the next check counts it
                 return True
+            if recent:  # tight, by a measurement up to a second old: measure now
+                d = maybeDeferred(store.free_bytes)
+                return d.addCallbacks(check, lambda _: True, callbackArgs=(False,))
             self._log.warn(
                 "upload {id}: refused, {needed} bytes needed, {free} free, "
                 "{promised} promised to uploads in progress",
@@ -318,7 +321,8 @@ class Upload:
             return False
 
         # A store that cannot tell: the write that follows will report it.
-        return maybeDeferred(store.free_bytes).addCallbacks(check, lambda _: True)
+        d = maybeDeferred(store.free_bytes, recent=True)
+        return d.addCallbacks(check, lambda _: True, callbackArgs=(True,))
 
     def _take_lock(self, channel, takeover: bool) -> Deferred:
         def locked(lock):

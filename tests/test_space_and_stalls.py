@@ -53,7 +53,7 @@ def registry_with(tmp_path, clock, free=None, state_update=None):
                         storage_reserve=0, websocket_timeout=20.0)
     real = embedded_stores(settings, run_here)
     real.data.prepare()
-    data = real.data if free is None else Wrapped(real.data, free_bytes=lambda: succeed(free))
+    data = real.data if free is None else Wrapped(real.data, free_bytes=lambda recent=False: succeed(free))
     state = real.state if state_update is None else Wrapped(real.state, update=state_update)
     stores = StoreComposer(data=data, state=state, locker=real.locker, bus=real.bus)
     backend = FakeBackend()
@@ -199,3 +199,29 @@ def test_a_fingerprint_client_that_never_answers_its_sample_is_cut_off(tmp_path)
     assert silent.failures == []
     clock.advance(1)
     assert silent.failures == [(ErrorCode.PROTOCOL, "no MsgAck with the Sample within 20 s")]
+
+
+class Holder:
+    def __init__(self, length, received=0, progress_at=0.0):
+        self.length, self.received, self.progress_at = length, received, progress_at
+
+
+def test_promises_count_what_is_still_to_come_when_the_room_is_tight():
+    from incoming.space import STALLED_SECONDS, SpacePromises
+
+    space = SpacePromises()
+    a, b, c = Holder(10 * KiB), Holder(20 * KiB), Holder(5 * KiB)
+    for holder in (a, b, c):
+        space.hold(holder)
+    assert space.fits(100 * KiB, 60 * KiB, 1.0) == (True, 35 * KiB)  # beside all rests
+    a.received = 10 * KiB  # a's bytes landed: its promise is kept no more
+    assert space.fits(40 * KiB, 15 * KiB, 1.0) == (True, 25 * KiB)
+    assert space.fits(40 * KiB, 16 * KiB, 1.0) == (False, 25 * KiB)
+    assert space.fits(40 * KiB, 16 * KiB, 1.0, besides=c) == (True, 20 * KiB)
+    c.progress_at = -STALLED_SECONDS  # stalled: it holds no room
+    assert space.fits(40 * KiB, 20 * KiB, 1.0) == (True, 20 * KiB)
+    space.release(b)
+    space.release(b)  # twice: no harm
+    assert space.fits(30 * KiB, 15 * KiB, 1.0) == (True, 15 * KiB)  # beside a's and c's rests
+    assert space.fits(20 * KiB, 15 * KiB, 1.0) == (True, 0)  # counted: neither holds any
+    assert space.promised(1.0) == 0
