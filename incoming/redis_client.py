@@ -130,6 +130,7 @@ class RedisHub:
         )
         self._subscriber_factory = factory
         self._subscriber: _Subscriber | None = None
+        self._listening = False  # the subscriber's channels (the replies') are subscribed
         self._waiting_for_subscriber: list[Deferred] = []
         self._channels: dict[str, list[Callable[[str], None]]] = {}
         self.instance = os.urandom(8).hex()  # names this process's reply channel
@@ -239,7 +240,18 @@ class RedisHub:
             if not done.called:
                 done.errback(failure)
 
-        self.publish(channel, json.dumps(body)).addCallbacks(sent, failed)
+        def send(_=None):
+            self.publish(channel, json.dumps(body)).addCallbacks(sent, failed)
+
+        def not_listening(_):
+            failed(Failure(RedisUnavailable("Redis: no subscription for the replies")))
+
+        if self._listening:
+            send()
+        else:  # the replies would come before their channel is listened to
+            ready: Deferred = Deferred()
+            self._waiting_for_subscriber.append(ready)
+            ready.addTimeout(self._timeout, self._clock).addCallbacks(send, not_listening)
         return done
 
     def reply(self, request: dict, answer: dict) -> None:
@@ -274,6 +286,11 @@ class RedisHub:
         waiting, self._waiting_for_subscriber = self._waiting_for_subscriber, []
 
         def subscribed(_):
+            if self._subscriber is subscriber:
+                self._listening = True
+                # and the requests that came while it was being made
+                waiting.extend(self._waiting_for_subscriber)
+                self._waiting_for_subscriber = []
             for d in waiting:
                 if not d.called:
                     d.callback(None)
@@ -285,6 +302,7 @@ class RedisHub:
     def _subscriber_lost(self, subscriber: _Subscriber) -> None:
         if self._subscriber is subscriber:
             self._subscriber = None
+            self._listening = False
 
 
 def failure_text(failure: Failure) -> str:
