@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
 
 from . import wire
-from .autobahn_debug import format_connection_options_lazily
+from .autobahn_debug import format_debug_lines_lazily
 from .interfaces import LockHeld, StoreUnavailable
 from .metrics import NO_METRICS
 from .upload import REPLY_ERROR
@@ -310,7 +310,7 @@ class UploadFactory(WebSocketServerFactory):
 
     def __init__(self, registry, settings, clock, metrics=NO_METRICS):
         super().__init__()
-        format_connection_options_lazily()  # see incoming.autobahn_debug
+        format_debug_lines_lazily()  # see incoming.autobahn_debug
         self.registry = registry
         self.settings = settings
         self.clock = clock
