@@ -4,8 +4,12 @@ machine's cores all take uploads.
 
 The parent binds the port (before twistd drops privileges) and accepts
 nothing itself; each worker is ``twistd -n incoming`` with the same
-options and adopts the parent's socket (passed as file descriptor 3), so
-the kernel spreads the connections over them.  The workers share their
+options and adopts a listening socket from the parent (passed as file
+descriptor 3).  On a TCP port each worker gets a socket of its own, all
+bound to the port with ``SO_REUSEPORT``, so that the kernel deals the
+connections out evenly (on one shared socket, the worker that wakes first
+takes a whole burst); a worker started again takes over its socket and the
+connections waiting in it.  A UNIX socket or one from systemd is shared.  The workers share their
 uploads through ``--state`` (Redis), as separate servers do.  The parent
 starts a worker again if one dies, and at SIGTERM stops them all (each
 closes its browsers with "going away") and waits for them.
@@ -70,11 +74,22 @@ class WorkerParent(Service):
         self._count = count
         self._argv = argv
         self._port: Any = None
+        self._sockets: list[socket.socket] = []  # one per worker (SO_REUSEPORT), or none
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
 
     def privilegedStartService(self):
         super().privilegedStartService()
+        try:
+            self._sockets = reuseport_sockets(self._endpoint, self._count)
+        except OSError as e:
+            _log.warn("workers share one socket: cannot bind one each ({why})", why=e.strerror)
+            self._sockets = []
+        if self._sockets:
+            self._port = _SocketsPort(self._sockets)
+            if self.running:
+                self._start_all()
+            return
         d = self._endpoint.listen(Factory())  # never accepts: the workers do
         d.addCallback(self._bound)
         d.addErrback(self._cannot_start)
@@ -96,7 +111,10 @@ class WorkerParent(Service):
 
     def _start_all(self):
         _log.info(
-            "{count} workers share {address}", count=self._count, address=self._port.getHost()
+            "{count} workers share {address}{how}",
+            count=self._count,
+            address=self._port.getHost(),
+            how=", a socket each (SO_REUSEPORT)" if self._sockets else "",
         )
         for number in range(1, self._count + 1):
             self._spawn(number)
@@ -109,7 +127,8 @@ class WorkerParent(Service):
         args += worker_arguments(self._argv)
         worker = _Worker(self, number)
         self._workers[number] = worker
-        child_fds = {0: "w", 1: 1, 2: 2, WORKER_FD: self._port.fileno()}
+        listening = self._sockets[number - 1] if self._sockets else self._port
+        child_fds = {0: "w", 1: 1, 2: 2, WORKER_FD: listening.fileno()}
         env = dict(os.environ, **{WORKER_ENV: str(WORKER_FD)})
         process = self._reactor.spawnProcess(worker, twistd, args, env=env, childFDs=child_fds)
         _log.info("worker {number} started (pid {pid})", number=number, pid=process.pid)
@@ -149,6 +168,56 @@ class WorkerParent(Service):
                 transport.signalProcess(number)
             except Exception:
                 pass  # gone already
+
+
+class _SocketsPort:
+    """The workers' own sockets, as the parent holds them: closed at stop."""
+
+    def __init__(self, sockets: list[socket.socket]):
+        self._sockets = sockets
+
+    def getHost(self):
+        host, port = self._sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    def stopListening(self):
+        for s in self._sockets:
+            s.close()
+        return succeed(None)
+
+
+def reuseport_sockets(endpoint, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on the TCP endpoint's address, bound with
+    SO_REUSEPORT (the first decides a port 0); none for other endpoints or
+    where the option is missing."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return []
+    if isinstance(endpoint, TCP6ServerEndpoint):
+        family, default = socket.AF_INET6, "::"
+    elif isinstance(endpoint, TCP4ServerEndpoint):
+        family, default = socket.AF_INET, "0.0.0.0"
+    else:
+        return []
+    # The endpoint's own settings (Twisted keeps them as these attributes).
+    port, interface, backlog = endpoint._port, endpoint._interface, endpoint._backlog
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            made.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((interface or default, port))
+            port = s.getsockname()[1]
+            s.listen(backlog)
+            s.setblocking(False)
+    except OSError:
+        for s in made:
+            s.close()
+        raise
+    return made
 
 
 class _ParentWatch:

@@ -20,6 +20,14 @@ from test_twistd import TwistdServer, backend  # noqa: F401 (fixture)
 from wsclient import upload
 
 
+def listening_sockets(port: int) -> int:
+    """Sockets in LISTEN on 127.0.0.1:port (/proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return sum(1 for line in f.readlines()[1:]
+                   if line.split()[1] == wanted and line.split()[3] == "0A")
+
+
 def children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -44,6 +52,9 @@ async def test_two_workers_share_the_port_and_the_uploads(tmp_path, redis_server
         assert "2 workers share" in server.log()
         workers = children(server.process.pid)
         assert len(workers) == 2
+        # A socket each on the one port: the kernel deals the connections out.
+        assert listening_sockets(server.port) == 2
+        assert "a socket each (SO_REUSEPORT)" in server.log()
 
         files = [os.urandom(200 * 1024 + i) for i in range(16)]
         tickets = []
@@ -60,13 +71,16 @@ async def test_two_workers_share_the_port_and_the_uploads(tmp_path, redis_server
             assert call["sha256"] == hashlib.sha256(data).hexdigest()
 
         finished_by = {}  # worker pid -> uploads it finished
-        for _ in range(30):
+        answered_by: dict[str, int] = {}  # worker pid -> connections it took
+        for _ in range(64):
             response = await treq.get(f"http://127.0.0.1:{server.port}/metrics", pool=fresh)
             text = await response.text()
             pid = re.search(r'^incoming_server_info\{.*pid="(\d+)"', text, re.M).group(1)
             done = re.search(r"^incoming_uploads_finished_total (\S+)$", text, re.M).group(1)
             finished_by[pid] = float(done)
+            answered_by[pid] = answered_by.get(pid, 0) + 1
         assert sorted(int(p) for p in finished_by) == sorted(workers), "both answer on one port"
+        assert min(answered_by.values()) >= 16, answered_by  # about even (p < 1e-4 to fail)
         assert sum(finished_by.values()) == len(files)
 
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: the parent starts it again
