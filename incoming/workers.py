@@ -37,6 +37,28 @@ STOP_SECONDS = 15.0
 _log = Logger()
 
 
+# twistd's own options that a worker takes from its parent's command line
+# (the others, --pidfile, --logfile, --nodaemon, are the parent's alone).
+PASSED_TWISTD_OPTIONS = ("--logger", "--umask", "--reactor", "-r")
+
+
+def twistd_arguments(argv: list[str]) -> list[str]:
+    """The parent's twistd options (before ``incoming``) a worker must share:
+    the log observer (JSON logs say so), the umask (the files it stores),
+    the reactor."""
+    options = argv[1 : argv.index("incoming")]
+    kept = []
+    for number, arg in enumerate(options):
+        name = arg.split("=", 1)[0]
+        if name not in PASSED_TWISTD_OPTIONS:
+            continue
+        if "=" in arg:
+            kept.append(arg)
+        elif number + 1 < len(options):
+            kept += [arg, options[number + 1]]
+    return kept
+
+
 def worker_arguments(argv: list[str]) -> list[str]:
     """The options of ``incoming`` in twistd's argv, without --workers."""
     options = argv[argv.index("incoming") + 1 :]
@@ -123,8 +145,8 @@ class WorkerParent(Service):
         if self._stopping:
             return
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        args = [twistd, "-n", "--pidfile=", "--logfile=-", "incoming"]
-        args += worker_arguments(self._argv)
+        args = [twistd, "-n", "--pidfile=", "--logfile=-", *twistd_arguments(self._argv)]
+        args += ["incoming", *worker_arguments(self._argv)]
         worker = _Worker(self, number)
         self._workers[number] = worker
         listening = self._sockets[number - 1] if self._sockets else self._port

@@ -5,6 +5,7 @@ stops them together."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -143,3 +144,36 @@ def test_workers_need_a_shared_state(tmp_path):
         assert "--workers (Workers) 2 needs --state (State)" in str(e)
     else:
         raise AssertionError("--workers 2 without --state was accepted")
+
+
+def test_workers_take_the_parents_log_observer_umask_and_reactor_not_its_pidfile():
+    from incoming.workers import twistd_arguments, worker_arguments
+
+    argv = ["/usr/bin/twistd", "-n", "--pidfile=/run/incoming.pid", "--logger",
+            "incoming.logs.json_observer", "--umask=0007", "-r", "epoll", "--logfile", "x.log",
+            "incoming", "--workers", "2", "--state", "redis://127.0.0.1:6379/0", "--port",
+            "tcp:4000", "--workers=2"]
+    assert twistd_arguments(argv) == ["--logger", "incoming.logs.json_observer",
+                                      "--umask=0007", "-r", "epoll"]
+    assert worker_arguments(argv) == ["--state", "redis://127.0.0.1:6379/0", "--port",
+                                      "tcp:4000"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_log_as_their_parent_was_told(tmp_path, redis_server):  # noqa: F811
+    """--logger incoming.logs.json_observer on the parent: the workers' lines
+    are JSON too (they were plain text: the option was the parent's alone)."""
+    server = TwistdServer(tmp_path, "--workers", "2", "--state", redis_server.url,
+                          "--state-prefix", unique_prefix(),
+                          twistd_args=("--logger", "incoming.logs.json_observer"))
+    try:
+        await eventually(lambda: server.log().count("accepting connections on") == 2,
+                         "two workers accepting")
+    finally:
+        await server.stop()
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    accepting = [line for line in lines if "accepting connections on" in line]
+    assert len(accepting) == 2
+    for line in accepting:
+        event = json.loads(line.lstrip("\x1e"))
+        assert "accepting connections on" in event["text"] and event["level"] == "info"
