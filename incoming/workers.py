@@ -31,7 +31,9 @@ from twisted.logger import Logger
 
 WORKER_FD = 3
 WORKER_ENV = "INCOMING_WORKER_FD"  # set for a worker: the socket it adopts
-RESPAWN_SECONDS = 1.0
+RESPAWN_SECONDS = 1.0  # a worker that ended is started again after this...
+RESPAWN_MAX_SECONDS = 30.0  # ...doubled each time it ends soon again, up to this
+STEADY_SECONDS = 30.0  # a worker that ran this long counts as a first failure
 STOP_SECONDS = 15.0
 
 _log = Logger()
@@ -80,6 +82,7 @@ class _Worker(ProcessProtocol):
     def __init__(self, parent: WorkerParent, number: int):
         self.parent = parent
         self.number = number
+        self.started_at = parent._reactor.seconds()
         self.ended: Deferred = Deferred()
 
     def processEnded(self, reason):
@@ -98,6 +101,7 @@ class WorkerParent(Service):
         self._port: Any = None
         self._sockets: list[socket.socket] = []  # one per worker (SO_REUSEPORT), or none
         self._workers: dict[int, _Worker] = {}
+        self._delays: dict[int, float] = {}  # worker number -> its last respawn delay
         self._stopping = False
 
     def privilegedStartService(self):
@@ -160,12 +164,21 @@ class WorkerParent(Service):
             del self._workers[worker.number]
         if self._stopping:
             return
+        ran = self._reactor.seconds() - worker.started_at
+        previous = self._delays.get(worker.number)
+        if previous is None or ran >= STEADY_SECONDS:
+            delay = RESPAWN_SECONDS
+        else:  # it keeps failing: no tight loop of starts (and log lines)
+            delay = min(previous * 2, RESPAWN_MAX_SECONDS)
+        self._delays[worker.number] = delay
         _log.error(
-            "worker {number} ended ({why}); starting it again",
+            "worker {number} ended ({why}) after {ran:.1f} s; starting it again in {delay:g} s",
             number=worker.number,
             why=reason.value,
+            ran=ran,
+            delay=delay,
         )
-        self._reactor.callLater(RESPAWN_SECONDS, self._spawn, worker.number)
+        self._reactor.callLater(delay, self._spawn, worker.number)
 
     def stopService(self):
         super().stopService()

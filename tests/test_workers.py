@@ -177,3 +177,23 @@ async def test_workers_log_as_their_parent_was_told(tmp_path, redis_server):  # 
     for line in accepting:
         event = json.loads(line.lstrip("\x1e"))
         assert "accepting connections on" in event["text"] and event["level"] == "info"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_worker_that_keeps_dying_is_started_again_ever_more_slowly(
+        tmp_path, redis_server):  # noqa: F811
+    server = TwistdServer(tmp_path, "--workers", "2", "--state", redis_server.url,
+                          "--state-prefix", unique_prefix())
+    try:
+        await eventually(lambda: server.log().count("; accepting connections on") == 2,
+                         "two workers accepting")
+        for accepting, delay in ((3, 1), (4, 2)):
+            [pid] = re.findall(r"worker 1 started \(pid (\d+)\)", server.log())[-1:]
+            os.kill(int(pid), signal.SIGKILL)
+            await eventually(lambda d=delay: f"starting it again in {d} s" in server.log(),
+                             f"a start again in {delay} s")
+            await eventually(lambda n=accepting: server.log().count(
+                "; accepting connections on") == n, "the worker started again", timeout=30)
+        assert len(children(server.process.pid)) == 2
+    finally:
+        await server.stop()
