@@ -62,6 +62,8 @@ def format_debug_lines_lazily() -> None:
     from autobahn.websocket import protocol
 
     _patch(protocol, "pformat", pformat)
+    # the one use of that pformat that is not a log value: Timings' text
+    protocol.Timings.__str__ = lambda self: pformat(self._timings)  # type: ignore[method-assign]
     for module in (protocol, websocket):
         _patch(module, "hltype", util.hltype)
         _patch(module, "hlval", util.hlval)

@@ -21,7 +21,7 @@ from twisted.internet.defer import fail, gatherResults, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .fsops import remove_quietly
+from .fsops import remove_quietly, sync_folder
 from .ids import parse_ticket_id
 from .interfaces import (
     IStateStore,
@@ -126,19 +126,28 @@ class FileStateStore:
 
     def _compact(self):
         live = set(self._in_log)
+        old = self._fd
 
         def compact():
-            compact_log(self.folder, live)
-            if self._fd is None:
-                return None
-            return open_for_appends(self.folder)  # the new file
+            """Rewrite the log, then open whichever file it now names: the
+            new one, or the old one if the rewrite failed before its rename
+            (an fd still on a replaced file would take appends into a file
+            with no name).  If even that open fails, appends open the log by
+            name in a storage thread, as before the start."""
+            try:
+                compact_log(self.folder, live)
+            finally:
+                fd = None
+                if old is not None:
+                    os.close(old)
+                    try:
+                        fd = open_for_appends(self.folder)
+                    except StoreError as e:
+                        self._log.error("ticket log: {why}", why=str(e))
+                self._fd = fd
 
-        def reopened(fd):
-            old, self._fd = self._fd, fd
-            if old is not None:
-                os.close(old)
-
-        return self._run(compact).addCallback(reopened)
+        self._fd = None  # appends wait behind this job anyway (exclusive)
+        return self._run(compact)
 
     def update(self, record: UploadRecord, expected_version: int):
         stored = attr.evolve(record, version=expected_version + 1)
@@ -267,6 +276,8 @@ class FileStateStore:
             else:
                 for upload_id in files:
                     remove_quietly(self._path(upload_id))
+                if files:  # or a power loss brings them back, to win over newer lines
+                    sync_folder(self.folder)
         return list(records), list(records.values()), open_for_appends(self.folder)
 
     def _move_aside(self, upload_id: str, why: str) -> None:

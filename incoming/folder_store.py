@@ -50,10 +50,13 @@ RECENT_SECONDS = 1.0
 class FolderStore:
     """The storage folder."""
 
-    def __init__(self, folder: str, run_blocking, monotonic=time.monotonic):
+    def __init__(self, folder: str, run_blocking, monotonic=time.monotonic, shared=False):
+        """``shared``: other servers write into the folder too, so a recent
+        measurement would miss their writes: every free_bytes measures."""
         self.folder = os.path.abspath(folder)
         self._run = run_blocking
         self._monotonic = monotonic
+        self._recent_seconds = 0.0 if shared else RECENT_SECONDS
         self._written = 0  # bytes written through this store, ever
         self._measured: tuple[float, int, int] | None = None  # (when, free, _written then)
 
@@ -153,7 +156,7 @@ class FolderStore:
         measured = self._measured
         if recent and measured is not None:
             when, free, written = measured
-            if self._monotonic() - when < RECENT_SECONDS:
+            if self._monotonic() - when < self._recent_seconds:
                 return succeed(max(0, free - (self._written - written)))
         written_before = self._written
 

@@ -23,7 +23,11 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as web_client
-from twisted.web._newclient import RequestNotSent
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -65,12 +69,7 @@ class BackendClient:
         def exchange():
             # A redirect is an answer (a 303 would turn the POST into a GET
             # without the form), and only the first bytes are kept.
-            try:
-                response = yield self._http.post(url, data=fields, allow_redirects=False)
-            except RequestNotSent:
-                # A pooled connection that closed before a byte of this
-                # request went out: the backend saw nothing; once more.
-                response = yield self._http.post(url, data=fields, allow_redirects=False)
+            response = yield self._http.post(url, data=fields, allow_redirects=False)
             body = bytearray()
 
             def keep(data):
@@ -202,19 +201,50 @@ POOL_PER_BACKEND = 16
 def backend_http(reactor, tls_policy):
     """The HTTP client of the handover and cancellation POSTs: persistent
     connections, pooled per backend and closed after POOL_IDLE_SECONDS
-    unused; IP literals connected to directly (the standard endpoint sends
-    every name, 127.0.0.1 too, through getaddrinfo in a thread); no cookie
-    jar (a backend's cookies are never stored or sent back)."""
+    unused, and a new connection for a POST that got no answer on a pooled
+    one (`PooledThenFresh`); IP literals connected to directly (the standard
+    endpoint sends every name, 127.0.0.1 too, through getaddrinfo in a
+    thread); no cookie jar (a backend's cookies are never stored or sent
+    back)."""
     from http.cookiejar import CookieJar, DefaultCookiePolicy
 
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-    pool = _Pool(reactor, persistent=True)
     endpoints = _BackendEndpoints(reactor, tls_policy or BrowserLikePolicyForHTTPS())
-    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-    no_cookies: Any = CookieJar(DefaultCookiePolicy(allowed_domains=[]))  # accepts none
-    return HTTPClient(agent, cookiejar=no_cookies)
+
+    def client(pool) -> HTTPClient:
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        no_cookies: Any = CookieJar(DefaultCookiePolicy(allowed_domains=[]))  # accepts none
+        return HTTPClient(agent, cookiejar=no_cookies)
+
+    return PooledThenFresh(
+        client(_Pool(reactor, persistent=True)), client(HTTPConnectionPool(reactor, False))
+    )
+
+
+# A POST that failed so got no answer: the backend may not have seen it.
+NOT_ANSWERED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+
+
+class PooledThenFresh:
+    """POSTs on pooled connections; one that got no answer at all is sent
+    once more on a new connection.  A backend may close a kept connection
+    just as it is used again (its keep-alive timeout, a restart): on a fresh
+    connection per POST that never happened, and it must not fail a
+    handover now.  The backend may then see the same POST twice, as it may
+    after a restart (handovers are at least once)."""
+
+    def __init__(self, pooled, fresh):
+        self.pooled = pooled
+        self.fresh = fresh
+
+    def post(self, url, **kwargs) -> Deferred:
+        def again(failure):
+            failure.trap(*NOT_ANSWERED)
+            return self.fresh.post(url, **kwargs)
+
+        return self.pooled.post(url, **kwargs).addErrback(again)
 
 
 class _QuietClientFactory(web_client._HTTP11ClientFactory):

@@ -152,7 +152,7 @@ class IFreeSpace(Interface):
         """Fire with the bytes an upload may still use: measured now, or with
         ``recent``, as measured up to a second ago less what was written
         through this store since (no measurement for each check when the
-        room is ample)."""
+        room is ample), where the store is the folder's only writer."""
 
 
 class IRemoveAfterHandover(Interface):

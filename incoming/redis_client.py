@@ -251,7 +251,8 @@ class RedisHub:
         else:  # the replies would come before their channel is listened to
             ready: Deferred = Deferred()
             self._waiting_for_subscriber.append(ready)
-            ready.addTimeout(self._timeout, self._clock).addCallbacks(send, not_listening)
+            wait = min(timeout, self._timeout)  # within the request's own time
+            ready.addTimeout(wait, self._clock).addCallbacks(send, not_listening)
         return done
 
     def reply(self, request: dict, answer: dict) -> None:

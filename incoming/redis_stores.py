@@ -23,7 +23,7 @@ def redis_stores(settings, run_blocking, clock, metrics=None):
     has the upload); and the hub to close when the server stops."""
     address = parse_redis_url(settings.state)
     hub = RedisHub(address, settings.state_prefix, clock, metrics=metrics)
-    data = FolderStore(settings.storage_dir, run_blocking)
+    data = FolderStore(settings.storage_dir, run_blocking, shared=True)  # by every server
     stores = StoreComposer(
         data=data,
         state=RedisStateStore(hub, lambda record: next_deadline(record, settings)),

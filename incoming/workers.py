@@ -8,8 +8,10 @@ options and adopts a listening socket from the parent (passed as file
 descriptor 3).  On a TCP port each worker gets a socket of its own, all
 bound to the port with ``SO_REUSEPORT``, so that the kernel deals the
 connections out evenly (on one shared socket, the worker that wakes first
-takes a whole burst); a worker started again takes over its socket and the
-connections waiting in it.  A UNIX socket or one from systemd is shared.  The workers share their
+takes a whole burst); the socket of a worker that ended is closed at once
+(its share goes to the others) and a new one is bound when it starts again.
+A port another server holds is refused, as without workers.  A UNIX socket
+or one from systemd is shared.  The workers share their
 uploads through ``--state`` (Redis), as separate servers do.  The parent
 starts a worker again if one dies, and at SIGTERM stops them all (each
 closes its browsers with "going away") and waits for them.
@@ -17,6 +19,7 @@ closes its browsers with "going away") and waits for them.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -28,6 +31,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 WORKER_FD = 3
 WORKER_ENV = "INCOMING_WORKER_FD"  # set for a worker: the socket it adopts
@@ -99,7 +103,7 @@ class WorkerParent(Service):
         self._count = count
         self._argv = argv
         self._port: Any = None
-        self._sockets: list[socket.socket] = []  # one per worker (SO_REUSEPORT), or none
+        self._sockets: ReusePortSockets | None = None  # one per worker, or one shared
         self._workers: dict[int, _Worker] = {}
         self._delays: dict[int, float] = {}  # worker number -> its last respawn delay
         self._stopping = False
@@ -107,12 +111,19 @@ class WorkerParent(Service):
     def privilegedStartService(self):
         super().privilegedStartService()
         try:
-            self._sockets = reuseport_sockets(self._endpoint, self._count)
+            self._sockets = ReusePortSockets.for_endpoint(self._endpoint)
+            if self._sockets is not None:
+                for number in range(1, self._count + 1):
+                    self._sockets.socket_for(number)  # bound while privileged
         except OSError as e:
+            if self._sockets is not None:
+                self._sockets.stopListening()
+            self._sockets = None
+            if e.errno == errno.EADDRINUSE:  # as a single server would say it
+                return self._cannot_start(Failure(e))
             _log.warn("workers share one socket: cannot bind one each ({why})", why=e.strerror)
-            self._sockets = []
-        if self._sockets:
-            self._port = _SocketsPort(self._sockets)
+        if self._sockets is not None:
+            self._port = self._sockets
             if self.running:
                 self._start_all()
             return
@@ -140,7 +151,7 @@ class WorkerParent(Service):
             "{count} workers share {address}{how}",
             count=self._count,
             address=self._port.getHost(),
-            how=", a socket each (SO_REUSEPORT)" if self._sockets else "",
+            how=", a socket each (SO_REUSEPORT)" if self._sockets is not None else "",
         )
         for number in range(1, self._count + 1):
             self._spawn(number)
@@ -153,7 +164,18 @@ class WorkerParent(Service):
         args += ["incoming", *worker_arguments(self._argv)]
         worker = _Worker(self, number)
         self._workers[number] = worker
-        listening = self._sockets[number - 1] if self._sockets else self._port
+        listening: Any = self._port
+        if self._sockets is not None:
+            try:
+                listening = self._sockets.socket_for(number)
+            except OSError as e:  # e.g. a port below 1024 and no privileges now
+                _log.error(
+                    "worker {number}: cannot bind its socket again ({why}); trying again",
+                    number=number,
+                    why=e.strerror,
+                )
+                self._worker_ended_soon(number)
+                return
         child_fds = {0: "w", 1: 1, 2: 2, WORKER_FD: listening.fileno()}
         env = dict(os.environ, **{WORKER_ENV: str(WORKER_FD)})
         process = self._reactor.spawnProcess(worker, twistd, args, env=env, childFDs=child_fds)
@@ -164,13 +186,10 @@ class WorkerParent(Service):
             del self._workers[worker.number]
         if self._stopping:
             return
+        if self._sockets is not None:
+            self._sockets.drop(worker.number)  # its share goes to the others meanwhile
         ran = self._reactor.seconds() - worker.started_at
-        previous = self._delays.get(worker.number)
-        if previous is None or ran >= STEADY_SECONDS:
-            delay = RESPAWN_SECONDS
-        else:  # it keeps failing: no tight loop of starts (and log lines)
-            delay = min(previous * 2, RESPAWN_MAX_SECONDS)
-        self._delays[worker.number] = delay
+        delay = self._next_delay(worker.number, ran)
         _log.error(
             "worker {number} ended ({why}) after {ran:.1f} s; starting it again in {delay:g} s",
             number=worker.number,
@@ -179,6 +198,18 @@ class WorkerParent(Service):
             delay=delay,
         )
         self._reactor.callLater(delay, self._spawn, worker.number)
+
+    def _next_delay(self, number: int, ran: float) -> float:
+        previous = self._delays.get(number)
+        if previous is None or ran >= STEADY_SECONDS:
+            delay = RESPAWN_SECONDS
+        else:  # it keeps failing: no tight loop of starts (and log lines)
+            delay = min(previous * 2, RESPAWN_MAX_SECONDS)
+        self._delays[number] = delay
+        return delay
+
+    def _worker_ended_soon(self, number: int) -> None:
+        self._reactor.callLater(self._next_delay(number, 0.0), self._spawn, number)
 
     def stopService(self):
         super().stopService()
@@ -205,54 +236,68 @@ class WorkerParent(Service):
                 pass  # gone already
 
 
-class _SocketsPort:
-    """The workers' own sockets, as the parent holds them: closed at stop."""
+class ReusePortSockets:
+    """A listening socket per worker on one TCP address, bound with
+    SO_REUSEPORT.  The socket of a worker that ended is closed at once, so
+    that new connections go to the others (a socket nobody accepts on would
+    hold its share of them until the worker is back); a worker started again
+    gets a new one."""
 
-    def __init__(self, sockets: list[socket.socket]):
-        self._sockets = sockets
+    def __init__(self, family: int, address: tuple, backlog: int):
+        self._family, self._address, self._backlog = family, address, backlog
+        self._sockets: dict[int, socket.socket] = {}
 
-    def getHost(self):
-        host, port = self._sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+    @classmethod
+    def for_endpoint(cls, endpoint) -> ReusePortSockets | None:
+        """For a TCP endpoint, where SO_REUSEPORT exists; else None."""
+        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+        if not hasattr(socket, "SO_REUSEPORT"):
+            return None
+        if isinstance(endpoint, TCP6ServerEndpoint):
+            family, default = socket.AF_INET6, "::"
+        elif isinstance(endpoint, TCP4ServerEndpoint):
+            family, default = socket.AF_INET, "0.0.0.0"
+        else:
+            return None
+        # The endpoint's own settings (Twisted keeps them as these attributes).
+        port, interface, backlog = endpoint._port, endpoint._interface, endpoint._backlog
+        # A plain bind first: a port in use by another server (SO_REUSEPORT
+        # or not) is refused, not silently shared; it also decides a port 0.
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface or default, port))
+            address = probe.getsockname()[:2]
+        return cls(family, address, backlog)
+
+    def socket_for(self, number: int) -> socket.socket:
+        """Worker ``number``'s socket, bound now if it has none."""
+        if number not in self._sockets:
+            s = socket.socket(self._family, socket.SOCK_STREAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind(self._address)
+                s.listen(self._backlog)
+                s.setblocking(False)
+            except OSError:
+                s.close()
+                raise
+            self._sockets[number] = s
+        return self._sockets[number]
+
+    def drop(self, number: int) -> None:
+        s = self._sockets.pop(number, None)
+        if s is not None:
+            s.close()
+
+    def getHost(self) -> str:
+        return f"{self._address[0]}:{self._address[1]}"
 
     def stopListening(self):
-        for s in self._sockets:
-            s.close()
+        for number in list(self._sockets):
+            self.drop(number)
         return succeed(None)
-
-
-def reuseport_sockets(endpoint, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on the TCP endpoint's address, bound with
-    SO_REUSEPORT (the first decides a port 0); none for other endpoints or
-    where the option is missing."""
-    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-
-    if not hasattr(socket, "SO_REUSEPORT"):
-        return []
-    if isinstance(endpoint, TCP6ServerEndpoint):
-        family, default = socket.AF_INET6, "::"
-    elif isinstance(endpoint, TCP4ServerEndpoint):
-        family, default = socket.AF_INET, "0.0.0.0"
-    else:
-        return []
-    # The endpoint's own settings (Twisted keeps them as these attributes).
-    port, interface, backlog = endpoint._port, endpoint._interface, endpoint._backlog
-    made: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(family, socket.SOCK_STREAM)
-            made.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((interface or default, port))
-            port = s.getsockname()[1]
-            s.listen(backlog)
-            s.setblocking(False)
-    except OSError:
-        for s in made:
-            s.close()
-        raise
-    return made
 
 
 class _ParentWatch:

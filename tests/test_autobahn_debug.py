@@ -80,3 +80,11 @@ def test_when_formatted_is_the_text():
     value = [("a", 1, "F"), ("b", list(range(40)), "F")]
     assert str(WhenFormatted(pformat, value)) == pformat(value)
     assert f"\n{WhenFormatted(pformat, value)}" == "\n" + pformat(value)
+
+
+def test_autobahn_timings_still_read_as_text(tmp_path):
+    """Timings.__str__ used the module's pformat for its own text."""
+    open_connection(tmp_path)  # the factory has patched the module
+    timings = autobahn.websocket.protocol.Timings()
+    timings.track("onOpen")
+    assert str(timings).startswith("{'onOpen': ")

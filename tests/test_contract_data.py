@@ -3,6 +3,8 @@ every implementation in tests/stores.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
 from zope.interface.verify import verifyObject
@@ -182,3 +184,21 @@ async def test_optional_capabilities_do_what_they_say(make_data_store):  # noqa:
         assert await store.remove(location) is True
         assert await store.held(upload_id, 1) is None
         assert await store.remove(location) is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_folder_shared_with_other_servers_is_measured_at_each_check(tmp_path):
+    """Other servers' writes are not counted by this one: no recent answer."""
+    from incoming.folder_store import FolderStore
+    from incoming.storage_pool import run_here
+
+    now = [100.0]
+    mine = FolderStore(str(tmp_path), run_here, monotonic=lambda: now[0])
+    shared = FolderStore(str(tmp_path), run_here, monotonic=lambda: now[0], shared=True)
+    first_mine, first_shared = await mine.free_bytes(), await shared.free_bytes()
+    (tmp_path / "elsewhere").write_bytes(os.urandom(4 << 20))  # another server's file
+    os.sync()
+    assert await mine.free_bytes(recent=True) == first_mine  # from its recent measurement
+    assert await shared.free_bytes(recent=True) <= first_shared - (4 << 20) + (1 << 20)
+    now[0] += 2  # older than a second: measured again
+    assert await mine.free_bytes(recent=True) <= first_mine - (4 << 20) + (1 << 20)

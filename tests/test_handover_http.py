@@ -14,11 +14,18 @@ from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent, ResponseNeverReceived
+from twisted.web._newclient import RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from incoming.handover import DONE, MAX_ANSWER_BYTES, BackendClient, HandoverFailed, backend_http
+from incoming.handover import (
+    DONE,
+    MAX_ANSWER_BYTES,
+    BackendClient,
+    HandoverFailed,
+    PooledThenFresh,
+    backend_http,
+)
 
 
 CHATTY_PIECES = 160  # 10 MiB in 64 KiB pieces
@@ -78,7 +85,7 @@ async def with_backend(test, idle_timeout=60.0):
         await test(client, base, backend)
     finally:
         await port.stopListening()
-        await http._agent._pool.closeCachedConnections()
+        await http.pooled._agent._pool.closeCachedConnections()
 
 
 @pytest_twisted.ensureDeferred
@@ -188,15 +195,72 @@ class FlakyHTTP:
         return self.http.post(*args, **kwargs)
 
 
+class CountingHTTP:
+    def __init__(self, http):
+        self.http, self.posts = http, 0
+
+    def post(self, *args, **kwargs):
+        self.posts += 1
+        return self.http.post(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error", [
+    RequestNotSent(),
+    RequestTransmissionFailed([Failure(ConnectionLost())]),
+    ResponseNeverReceived([Failure(ConnectionLost())]),
+], ids=["not-sent", "cut-while-sent", "no-answer"])
 @pytest_twisted.ensureDeferred
-async def test_a_handover_is_sent_again_only_if_nothing_of_it_was_sent():
+async def test_a_post_that_got_no_answer_on_a_kept_connection_goes_again_on_a_new_one(error):
     stub = StubTreq(Backend())
-    unsent = FlakyHTTP(RequestNotSent(), stub)
-    client = BackendClient(unsent, reactor, 10.0)
+    pooled, fresh = FlakyHTTP(error, stub), CountingHTTP(stub)
+    client = BackendClient(PooledThenFresh(pooled, fresh), reactor, 10.0)
     assert await client.hand_over(Ticket("http://backend.example/"), "/f", "f.bin", None) == DONE
-    assert unsent.posts == 2
-    lost = FlakyHTTP(ResponseNeverReceived([Failure(ConnectionLost())]), stub)
-    client = BackendClient(lost, reactor, 10.0)
-    with pytest.raises(HandoverFailed):  # the backend may have taken it: not twice
-        await client.hand_over(Ticket("http://backend.example/"), "/f", "f.bin", None)
-    assert lost.posts == 1
+    assert (pooled.posts, fresh.posts) == (1, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_that_got_an_answer_is_not_sent_again():
+    stub = StubTreq(Backend())
+    pooled, fresh = CountingHTTP(stub), CountingHTTP(stub)
+    client = BackendClient(PooledThenFresh(pooled, fresh), reactor, 10.0)
+    with pytest.raises(HandoverFailed, match="HTTP 303"):
+        await client.hand_over(Ticket("http://backend.example/moved"), "/f", "f.bin", None)
+    assert (pooled.posts, fresh.posts) == (1, 0)
+    again = BackendClient(PooledThenFresh(FlakyHTTP(ConnectionRefusedError(), stub), fresh),
+                          reactor, 10.0)
+    with pytest.raises(HandoverFailed, match="request failed"):  # never connected: an error
+        await again.hand_over(Ticket("http://backend.example/"), "/f", "f.bin", None)
+    assert fresh.posts == 0
+
+
+class ClosingBackend(Backend):
+    """Closes a kept connection when its second request comes, unanswered:
+    a backend whose keep-alive timeout (or restart) met the reuse."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict = {}  # channel -> requests on it
+
+    def render(self, request):
+        count = self.seen[id(request.channel)] = self.seen.get(id(request.channel), 0) + 1
+        if count == 2:
+            request.channel.transport.abortConnection()
+            return NOT_DONE_YET
+        return super().render(request)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_connection_the_backend_drops_as_it_is_reused_fails_no_handover():
+    backend = ClosingBackend()
+    port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+    http = backend_http(reactor, None)
+    client = BackendClient(http, reactor, 10.0)
+    base = f"http://127.0.0.1:{port.getHost().port}/"
+    try:
+        assert await client.hand_over(Ticket(base), "/f", "f.bin", None) == DONE
+        assert await client.hand_over(Ticket(base), "/f", "f.bin", None) == DONE
+        # the second was dropped on the kept connection, then sent on a new one
+        assert sorted(backend.seen.values()) == [1, 2] and len(backend.requests) == 2
+    finally:
+        await port.stopListening()
+        await http.pooled._agent._pool.closeCachedConnections()

@@ -209,3 +209,28 @@ def test_a_log_that_cannot_be_rewritten_at_start_does_not_stop_it(tmp_path, monk
     monkeypatch.undo()
     _, records = restarted(tmp_path)
     assert sorted(records) == sorted([kept.id, later.id])
+
+
+def test_a_rewrite_that_fails_after_its_rename_loses_no_later_line(tmp_path, monkeypatch):
+    """The rewritten log is in place, then the folder's sync fails (EIO):
+    what comes after must go into the file the log's name now holds."""
+    import errno
+
+    import incoming.ticket_log as ticket_log
+
+    store, _ = restarted(tmp_path)
+    records = [fired(store.create(a_record())) for _ in range(1200)]
+
+    def broken(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(ticket_log, "sync_folder", broken)
+    for record in records[:1100]:
+        fired(store.delete(record.id))  # compaction, which fails after its rename
+    monkeypatch.undo()
+    later = fired(store.create(a_record()))
+    changed = fired(store.update(attr.evolve(records[-1], state="uploading", length=3), 1))
+    fired(store.delete(records[1100].id))
+    _, restored = restarted(tmp_path)
+    assert sorted(restored) == sorted([r.id for r in records[1101:]] + [later.id])
+    assert restored[changed.id] == changed

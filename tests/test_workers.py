@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 
 import pytest_twisted
@@ -85,8 +86,11 @@ async def test_two_workers_share_the_port_and_the_uploads(tmp_path, redis_server
         assert sum(finished_by.values()) == len(files)
 
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: the parent starts it again
+        # Meanwhile its socket is closed: new connections all go to the other.
+        await eventually(lambda: listening_sockets(server.port) == 1, "its socket closed")
         await eventually(lambda: server.log().count("; accepting connections on") == 3,
                          "the worker started again")
+        assert listening_sockets(server.port) == 2
         assert "ended" in server.log() and "starting it again" in server.log()
         response = await treq.post(server.url("new_upload"), pool=fresh,
                                    params={"signalFinishURL": backend.url})
@@ -197,3 +201,21 @@ async def test_a_worker_that_keeps_dying_is_started_again_ever_more_slowly(
         assert len(children(server.process.pid)) == 2
     finally:
         await server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_workers_refuse_a_port_another_server_holds(tmp_path, redis_server):  # noqa: F811
+    """SO_REUSEPORT must not let a second server share the port silently."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even one that allows it
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(5)
+    port = taken.getsockname()[1]
+    try:
+        server = TwistdServer(tmp_path, "--workers", "2", "--state", redis_server.url,
+                              "--port", f"tcp:{port}:interface=127.0.0.1")
+        await eventually(lambda: server.process.poll() is not None, "twistd stopped")
+        assert "Address already in use" in server.log(), server.log()
+        assert "accepting connections" not in server.log()
+    finally:
+        taken.close()
