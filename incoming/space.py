@@ -46,10 +46,13 @@ class SpacePromises:
         return free - promised >= needed, promised
 
     def hold(self, upload) -> None:
-        if upload not in self._holders:
-            rest = max(0, (upload.length or 0) - upload.received)
+        """Hold its rest (again after its stored size was found smaller than
+        recorded: the bound grows with it)."""
+        rest = max(0, (upload.length or 0) - upload.received)
+        held = self._holders.get(upload, 0)
+        if upload not in self._holders or rest > held:
             self._holders[upload] = rest
-            self._bound += rest
+            self._bound += rest - held
 
     def release(self, upload) -> None:
         self._bound -= self._holders.pop(upload, 0)

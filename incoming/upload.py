@@ -901,6 +901,8 @@ class Upload:
             # MsgUploadConf (as if FilePos were where it thought) stay queued.
             self._accepted = data.size + (self._accepted - accepted_before)
             self.received = data.size
+            if self._promised_to is channel:
+                self._space.hold(self)  # the rest may be more than the record said
             return True
 
         def open_data():

@@ -225,3 +225,17 @@ def test_promises_count_what_is_still_to_come_when_the_room_is_tight():
     assert space.fits(30 * KiB, 15 * KiB, 1.0) == (True, 15 * KiB)  # beside a's and c's rests
     assert space.fits(20 * KiB, 15 * KiB, 1.0) == (True, 0)  # counted: neither holds any
     assert space.promised(1.0) == 0
+
+
+def test_a_promise_grows_when_less_was_stored_than_recorded():
+    from incoming.space import SpacePromises
+
+    space = SpacePromises()
+    a = Holder(10 * KiB, received=8 * KiB)
+    space.hold(a)
+    assert space.fits(5 * KiB, 3 * KiB, 1.0) == (True, 2 * KiB)
+    a.received = 2 * KiB  # the file held less than its record said
+    space.hold(a)
+    assert space.fits(10 * KiB, 3 * KiB, 1.0) == (False, 8 * KiB)
+    space.release(a)
+    assert space.fits(3 * KiB, 3 * KiB, 1.0) == (True, 0)
