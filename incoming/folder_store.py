@@ -25,7 +25,7 @@ from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
 from .folder_lock import LOCK_NAME
-from .fsops import remove_quietly, sync_folder
+from .fsops import remove_quietly, storage_error, sync_folder
 from .interfaces import (
     DataGone,
     IDataReader,
@@ -77,8 +77,7 @@ class FolderStore:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             except OSError as e:
-                error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
-                raise error(f"cannot create {path}: {e.strerror}") from None
+                raise storage_error(e, f"cannot create {path}") from None
             return FolderUpload(self, upload_id, fd, 0)
 
         return self._run(blocking)

@@ -3,7 +3,16 @@ in a storage thread)."""
 
 from __future__ import annotations
 
+import errno
 import os
+
+from .interfaces import NoSpace, StoreError
+
+
+def storage_error(error: OSError, what: str) -> StoreError:
+    """``what: <strerror>`` as a StoreError; NoSpace for a full disk or quota."""
+    kind = NoSpace if error.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
+    return kind(f"{what}: {error.strerror}")
 
 
 def remove_quietly(path: str) -> bool:

@@ -21,7 +21,6 @@ which is then ignored.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -31,8 +30,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .fsops import remove_quietly, sync_folder
-from .interfaces import NoSpace, RecordInvalid, StoreError
+from .fsops import remove_quietly, storage_error, sync_folder
+from .interfaces import RecordInvalid, StoreError
 from .records import SCHEMA, UploadRecord, record_from_json
 
 TICKETS_NAME = ".incoming.tickets"
@@ -125,34 +124,6 @@ def cut_torn_tail(folder: str) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-def append_lines(folder: str, lines: list[bytes], durable: bool) -> None:
-    """Append whole lines in one write (blocking).  A write that fails part
-    way (a full disk) is cut back, so no half line is left for the next."""
-    path = os.path.join(folder, TICKETS_NAME)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    except OSError as e:
-        raise StoreError(f"cannot write the ticket log {path}: {e.strerror}") from None
-    try:
-        start = os.fstat(fd).st_size
-        view = memoryview(b"".join(lines))
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-            if start == 0:
-                sync_folder(folder)
-    except OSError as e:
-        try:
-            os.ftruncate(fd, start)
-        except OSError:
-            pass  # a torn tail is cut at the next start
-        error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
-        raise error(f"cannot write the ticket log {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-
-
 def open_for_appends(folder: str) -> int:
     """The log's file descriptor, to append to without opening it each time
     (blocking: it may create the file)."""
@@ -172,19 +143,19 @@ class AppendFailed(Exception):
         self.error = error
 
 
-def append_open(fd: int, lines: list[bytes]) -> None:
+def append_open(fd: int, lines: list[bytes]) -> int:
     """Append whole lines to the open log, without a sync: a write to the
-    page cache, like a chunk's (fit for the reactor thread).  On failure the
-    caller cuts the file back to ``AppendFailed.start`` (in a storage
-    thread)."""
+    page cache, like a chunk's (fit for the reactor thread); return the
+    log's size before them.  On failure the caller cuts the file back to
+    ``AppendFailed.start`` (in a storage thread)."""
     start = os.lseek(fd, 0, os.SEEK_END)
     view = memoryview(b"".join(lines))
     try:
         while view:
             view = view[os.write(fd, view) :]
     except OSError as e:
-        error = NoSpace if e.errno in (errno.ENOSPC, errno.EDQUOT) else StoreError
-        raise AppendFailed(start, error(f"cannot write the ticket log: {e.strerror}")) from None
+        raise AppendFailed(start, storage_error(e, "cannot write the ticket log")) from None
+    return start
 
 
 def cut_back(fd: int, start: int) -> None:
@@ -193,6 +164,27 @@ def cut_back(fd: int, start: int) -> None:
         os.ftruncate(fd, start)
     except OSError:
         pass  # a torn tail is cut at the next start
+
+
+def append_lines(folder: str, lines: list[bytes], durable: bool) -> None:
+    """Open the log, append whole lines in one write and, when durable,
+    sync them (blocking).  A write that fails part way (a full disk) is cut
+    back, so no half line is left for the next."""
+    fd = open_for_appends(folder)
+    try:
+        start = append_open(fd, lines)
+        if durable:
+            try:
+                os.fsync(fd)
+                if start == 0:
+                    sync_folder(folder)
+            except OSError as e:
+                raise AppendFailed(start, storage_error(e, "cannot sync the ticket log")) from None
+    except AppendFailed as e:
+        cut_back(fd, e.start)
+        raise e.error from None
+    finally:
+        os.close(fd)
 
 
 def rewrite_log(folder: str, keep: Iterable[UploadRecord]) -> None:

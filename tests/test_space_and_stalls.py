@@ -65,15 +65,22 @@ def send(upload, channel, data):
         upload.receive(channel, data[start:start + KiB])
 
 
-def test_a_full_disk_when_the_record_is_written_on_reconnect_refuses_for_now(tmp_path):
-    clock, full = Clock(), [False]
+def records_fill_up(tmp_path, clock, why):
+    """A registry whose record writes fail with NoSpace(why) while full[0]."""
+    full = [False]
 
     def update(record, version):
         if full[0]:
-            return fail(NoSpace("cannot write the record: Disk quota exceeded"))
+            return fail(NoSpace(f"cannot write the record: {why}"))
         return real.state.update(record, version)
 
     registry, backend, real = registry_with(tmp_path, clock, state_update=update)
+    return registry, backend, real, full
+
+
+def test_a_full_disk_when_the_record_is_written_on_reconnect_refuses_for_now(tmp_path):
+    clock = Clock()
+    registry, backend, real, full = records_fill_up(tmp_path, clock, "Disk quota exceeded")
     upload = fired(registry.create("http://backend.example/h", "pw", False))
     first = FakeChannel()
     upload.connect(first, len(FILE), "f.bin")
@@ -98,14 +105,8 @@ def test_a_full_disk_when_the_record_is_written_on_reconnect_refuses_for_now(tmp
 
 
 def test_a_full_disk_for_the_sealed_records_sha256_still_hands_over(tmp_path):
-    clock, full = Clock(), [False]
-
-    def update(record, version):
-        if full[0]:
-            return fail(NoSpace("cannot write the record: No space left on device"))
-        return real.state.update(record, version)
-
-    registry, backend, real = registry_with(tmp_path, clock, state_update=update)
+    clock = Clock()
+    registry, backend, real, full = records_fill_up(tmp_path, clock, "No space left on device")
     upload = fired(registry.create("http://backend.example/h", "pw", False))
     channel = FakeChannel()
     upload.connect(channel, len(FILE), "f.bin")
