@@ -267,12 +267,19 @@ class NewUpload(BackendCall):
             raise ApiError(503, f"too many open uploads ({limit}); try again later")
         url = check_finish_url(params.required("signalFinishURL"), self._hosts)
         dest_type = params.optional("destType", "file")
-        if dest_type != "file":
-            raise ApiError(400, f"destType {dest_type!r} is not supported (only 'file')")
+        known = self._registry.dest_types()
+        if dest_type == "s3" and dest_type not in known:
+            raise ApiError(
+                400, f"destType 's3' needs an S3 store on this server: set {describe('s3_bucket')}"
+            )
+        if dest_type not in known:
+            supported = ", ".join(repr(name) for name in known)
+            raise ApiError(400, f"destType {dest_type!r} is not supported (only {supported})")
         d = self._registry.create(
             signal_finish_url=url,
             backend_secret=params.optional("backendSecret", ""),
             remove_file_when_finished=params.boolean("removeFileWhenFinished", True),
+            dest_type=dest_type,
         )
         return d.addCallback(lambda upload: upload.ticket.id)
 

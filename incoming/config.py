@@ -53,6 +53,13 @@ class Settings:
     state_prefix: str = "incoming:"
     workers: int = 1
     finish_url_hosts: tuple = ()  # empty: a signalFinishURL may name any host
+    s3_bucket: str = ""  # empty: no S3 store (destType=s3 is refused)
+    s3_endpoint: str = ""  # empty: AWS S3 itself
+    s3_prefix: str = ""
+    s3_region: str = ""
+    s3_addressing: str = "auto"
+    s3_ca: str = ""
+    s3_part_size: int = 16 * 1024 * 1024
 
     @property
     def chunk_size(self) -> int:
@@ -236,6 +243,43 @@ def _without_password(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+S3_ADDRESSING = ("auto", "path", "virtual")
+S3_MIN_PART = 5 * 1024 * 1024  # S3's minimum for every part but the last
+S3_MAX_PART = 5 * 1024 * 1024 * 1024
+
+
+def parse_url(value) -> str:
+    """Empty, or an absolute http(s) URL."""
+    from urllib.parse import urlsplit
+
+    if isinstance(value, str) and not value.strip():
+        return ""
+    text = parse_text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{text!r} is not an http:// or https:// URL")
+    return text
+
+
+def parse_optional_text(value) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ""
+    return parse_text(value)
+
+
+def parse_s3_addressing(value) -> str:
+    if value not in S3_ADDRESSING:
+        raise ConfigError(f"{value!r} is not one of {', '.join(S3_ADDRESSING)}")
+    return value
+
+
+def parse_part_size(value) -> int:
+    size = parse_size(value)
+    if not S3_MIN_PART <= size <= S3_MAX_PART:
+        raise ConfigError(f"{size} bytes is not between 5 MiB and 5 GiB (S3's part sizes)")
+    return size
 
 
 def parse_metrics_listen(value) -> str:
@@ -469,6 +513,64 @@ SETTINGS.append(
     )
 )
 
+SETTINGS += [
+    Setting(
+        "s3_bucket",
+        "s3-bucket",
+        "S3Bucket",
+        parse_optional_text,
+        "Bucket of the S3 store (destType=s3): AWS S3, Ceph RGW or any "
+        "S3-compatible store; empty: no S3 store. Credentials come from the "
+        "AWS chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, shared config "
+        "files, instance roles), never from here.",
+    ),
+    Setting(
+        "s3_endpoint",
+        "s3-endpoint",
+        "S3Endpoint",
+        parse_url,
+        "URL of the S3 service (https://rgw.example.com:7480); empty: AWS S3.",
+    ),
+    Setting(
+        "s3_prefix",
+        "s3-prefix",
+        "S3Prefix",
+        parse_optional_text,
+        "Prefix of the object keys (uploads/): each upload is <prefix><ticket id>.",
+    ),
+    Setting(
+        "s3_region",
+        "s3-region",
+        "S3Region",
+        parse_optional_text,
+        "Region to sign requests for (empty: AWS_REGION or the AWS config file's, else us-east-1).",
+    ),
+    Setting(
+        "s3_addressing",
+        "s3-addressing",
+        "S3Addressing",
+        parse_s3_addressing,
+        "How the bucket is named in URLs: path (endpoint/bucket/key, usual "
+        "for Ceph RGW), virtual (bucket.endpoint/key) or auto.",
+    ),
+    Setting(
+        "s3_ca",
+        "s3-ca",
+        "S3CA",
+        parse_ca_file,
+        "PEM file of the CA certificates that sign the S3 endpoint's "
+        "certificate (default: botocore's bundle, not the system's).",
+    ),
+    Setting(
+        "s3_part_size",
+        "s3-part-size",
+        "S3PartSize",
+        parse_part_size,
+        "Size of the parts an upload is sent to S3 in (5M to 5G; the "
+        "chunks of one part are staged in the storage folder until sent).",
+    ),
+]
+
 SETTING_BY_FIELD = {s.field: s for s in SETTINGS}
 YAML_KEYS = {s.yaml_key: s for s in SETTINGS if s.yaml_key} | {
     "IncomingIP": None,
@@ -547,6 +649,9 @@ def check_consistency(settings: Settings) -> Settings:
             f"{describe('metrics_listen')} (each worker would need a port of its own); "
             "each worker answers /metrics on the main port"
         )
+    for field in ("s3_endpoint", "s3_prefix", "s3_region", "s3_ca"):
+        if getattr(settings, field) and not settings.s3_bucket:
+            raise ConfigError(f"{describe(field)} needs {describe('s3_bucket')}")
     if settings.handover_timeout > settings.idle_timeout:
         raise ConfigError(
             f"{describe('handover_timeout')} {settings.handover_timeout:g} s is "

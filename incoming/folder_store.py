@@ -25,7 +25,7 @@ from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
 from .folder_lock import LOCK_NAME
-from .fsops import remove_quietly, storage_error, sync_folder
+from .fsops import pwrite_all, remove_quietly, storage_error, sync_folder
 from .interfaces import (
     DataGone,
     IDataReader,
@@ -199,14 +199,9 @@ class FolderUpload:
             return fail(WrongOffset(f"write at {offset}, but {self.size} bytes are stored"))
         if self._fd is None:
             return fail(StoreError(f"upload {self.upload_id} is not open for writing"))
-        view = memoryview(data)
         start = offset
-        try:
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                view = view[written:]
-                offset += written
-        except OSError as e:
+        offset, e = pwrite_all(self._fd, data, offset)
+        if e is not None:
             self.size = offset  # what the writes that went through stored
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 return self._cut_back(start, e)

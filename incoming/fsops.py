@@ -15,6 +15,21 @@ def storage_error(error: OSError, what: str) -> StoreError:
     return kind(f"{what}: {error.strerror}")
 
 
+def pwrite_all(fd: int, data, offset: int) -> tuple[int, OSError | None]:
+    """Write all of ``data`` at ``offset`` (a positioned write to the page
+    cache: cheap enough for the reactor thread); return the offset reached
+    and the error that stopped the writes short, if one did."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+    except OSError as e:
+        return offset, e
+    return offset, None
+
+
 def remove_quietly(path: str) -> bool:
     """Delete a file we created; True if it was there."""
     try:

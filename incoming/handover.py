@@ -119,6 +119,8 @@ class BackendClient:
         }
         if sha256 is not None:
             fields["sha256"] = sha256
+        if ticket.dest_type != "file":  # 0.1 backends never ask for another
+            fields["destType"] = ticket.dest_type
         try:
             code, body = yield self._post(ticket.signal_finish_url, fields)
         except TimeoutError:

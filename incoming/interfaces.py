@@ -10,8 +10,10 @@ fits (`StoreComposer.capability` answers None).  Every method returns a
 Deferred; none blocks the reactor thread.  Each interface has one contract
 test suite (``tests/test_contract_*.py``) that every implementation passes.
 
-Implementations: `incoming.folder_store` (data), `incoming.file_state`
-(state), `incoming.local_locker`, `incoming.local_bus`.
+Implementations: `incoming.folder_store` and `incoming.s3_store` (data),
+`incoming.file_state` and `incoming.redis_state` (state),
+`incoming.local_locker` and `incoming.redis_locker`, `incoming.local_bus`
+and `incoming.redis_bus`.
 """
 
 from __future__ import annotations
@@ -169,6 +171,24 @@ class IInventory(Interface):
         """Fire with the names it holds that belong to none of ``known_ids``."""
 
 
+class IKeepsDigest(Interface):
+    """Optional: the store keeps a sealed upload's sha256 with its data."""
+
+    def keep_digest(upload_id: str, sha256: str) -> Any:
+        """Record the digest with the sealed data; fire when done."""
+
+
+class ITidiesUnclaimed(Interface):
+    """Optional: the store can remove what it holds for no open upload
+    (an object store's unfinished multipart uploads)."""
+
+    def tidy_unclaimed(open_ids: Any) -> Any:
+        """``open_ids()`` fires with the ids of the open uploads; it is asked
+        after the store has listed what it holds, so that an upload begun
+        meanwhile is never taken for an orphan.  Remove the rest and fire
+        with a description of each thing removed (for the log)."""
+
+
 # ---- state ------------------------------------------------------------------
 
 
@@ -270,15 +290,28 @@ class IEventBus(Interface):
 # ---- composition ------------------------------------------------------------
 
 
+# The destType of new_upload whose data store is `StoreComposer.data`.
+FILE = "file"
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class StoreComposer:
     """The stores one server runs with; optional capabilities looked up here."""
 
-    data: Any  # IDataStore
+    data: Any  # IDataStore of destType "file"
     state: Any  # IStateStore
     locker: Any  # ILocker
     bus: Any  # IEventBus
+    destinations: Any = attr.Factory(dict)  # other destTypes: name -> IDataStore
 
-    def capability(self, interface: Any) -> Any:
-        """The data store if it offers ``interface``, else None."""
-        return self.data if interface.providedBy(self.data) else None
+    def data_for(self, dest_type: str = FILE) -> Any:
+        """The data store of a destType, or None if this server has none."""
+        return self.data if dest_type == FILE else self.destinations.get(dest_type)
+
+    def dest_types(self) -> list[str]:
+        return [FILE, *sorted(self.destinations)]
+
+    def capability(self, interface: Any, dest_type: str = FILE) -> Any:
+        """The destType's data store if it offers ``interface``, else None."""
+        store = self.data_for(dest_type)
+        return store if store is not None and interface.providedBy(store) else None

@@ -38,6 +38,7 @@ class UploadRecord:
     signal_finish_url: str
     backend_secret: str = attr.ib(default="", repr=False)
     remove_file_when_finished: bool = True
+    dest_type: str = "file"  # new_upload's destType: which data store holds it
     state: str = "created"
     length: int | None = None
     browser_name: str = ""
@@ -64,6 +65,7 @@ _TYPES: dict[str, Any] = {
     "signal_finish_url": str,
     "backend_secret": str,
     "remove_file_when_finished": bool,
+    "dest_type": str,
     "state": str,
     "length": (int, type(None)),
     "browser_name": str,

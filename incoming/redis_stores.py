@@ -8,6 +8,7 @@ from __future__ import annotations
 from twisted.internet.defer import inlineCallbacks
 
 from .folder_store import FolderStore
+from .guards import GuardRefused
 from .interfaces import StoreComposer, StoreError
 from .local_locker import LocalLocker
 from .redis_bus import RedisBus
@@ -58,7 +59,3 @@ class RedisGuard:
         """Fire with None if Redis answers, else what is wrong."""
         d = self._hub.command("PING").addCallback(lambda _: None)
         return d.addErrback(lambda f: f"Redis at {self._hub.address}: {f.value}")
-
-
-class GuardRefused(Exception):
-    """The server must not start; str() says why, naming the setting."""

@@ -12,7 +12,14 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succ
 from twisted.logger import Logger
 
 from .ids import new_ticket_id, parse_ticket_id
-from .interfaces import CANCEL_REQUESTED, FINISH_REQUESTED, IInventory
+from .interfaces import (
+    CANCEL_REQUESTED,
+    FILE,
+    FINISH_REQUESTED,
+    IInventory,
+    ITidiesUnclaimed,
+    StoreError,
+)
 from .metrics import NO_METRICS
 from .records import UploadRecord
 from .restore import plan_restore
@@ -52,10 +59,17 @@ class UploadRegistry:
         metrics.count_open_uploads(self.open_count)
 
     def create(
-        self, signal_finish_url: str, backend_secret: str, remove_file_when_finished: bool
+        self,
+        signal_finish_url: str,
+        backend_secret: str,
+        remove_file_when_finished: bool,
+        dest_type: str = FILE,
     ) -> Deferred:
-        """Store a new ticket's record; fire with its Upload."""
-        record = self._new_record(signal_finish_url, backend_secret, remove_file_when_finished)
+        """Store a new ticket's record; fire with its Upload.  ``dest_type``
+        is one of `dest_types`."""
+        record = self._new_record(
+            signal_finish_url, backend_secret, remove_file_when_finished, dest_type
+        )
 
         def stored(record):
             upload = Upload.new(record, self._services, self._forget, self._ended_upload)
@@ -65,28 +79,46 @@ class UploadRegistry:
 
         return self._stores.state.create(record).addCallback(stored)
 
-    def _new_record(self, url: str, secret: str, remove: bool) -> UploadRecord:
+    def _new_record(self, url: str, secret: str, remove: bool, dest_type: str) -> UploadRecord:
         return UploadRecord(
             id=new_ticket_id(),
             signal_finish_url=url,
             backend_secret=secret,
             remove_file_when_finished=remove,
+            dest_type=dest_type,
             touched_at=self._services.clock.seconds(),
         )
+
+    def dest_types(self) -> list[str]:
+        """The destTypes this server stores (new_upload refuses others)."""
+        return self._stores.dest_types()
+
+    def _data_of(self, record: UploadRecord):
+        """The data store of a record's destType; StoreError if this server
+        has none (an S3 upload restored without --s3-bucket)."""
+        store = self._stores.data_for(record.dest_type)
+        if store is None:
+            raise StoreError(
+                f"its destType {record.dest_type!r} has no store on this server "
+                f"(it has {', '.join(self.dest_types())})"
+            )
+        return store
 
     def _created(self, record: UploadRecord) -> None:
         self._services.metrics.upload_created()
         self._log.info(
-            "upload {id}: created (handover to {url}, remove when finished: {remove})",
+            "upload {id}: created (handover to {url}, remove when finished: {remove}, "
+            "destType {dest_type})",
             id=record.id,
             url=record.signal_finish_url,
             remove=record.remove_file_when_finished,
+            dest_type=record.dest_type,
         )
 
     @inlineCallbacks
     def restore(self):
         """Take back the uploads the stores hold (at start)."""
-        state, data = self._stores.state, self._stores.data
+        state = self._stores.state
         records = yield state.all()
         expired: set = set()
         try:  # tombstones older than the retention: gone before anyone asks
@@ -100,10 +132,11 @@ class UploadRegistry:
                 continue
             try:
                 if record.state == "cancelled" and not record.keep_file:
-                    yield data.discard(record.id)  # its data may outlive a crash
+                    yield self._data_of(record).discard(record.id)  # may outlive a crash
                 # A ticket no browser used has no file: one listing tells, not a
                 # look per ticket (there may be 100,000).
                 unused = record.length is None and with_files is not None
+                unused = unused and record.dest_type == FILE  # the folder's listing
                 upload = yield self._rebuild(record, look=not unused or record.id in with_files)
             except Exception as e:
                 self._log.error(
@@ -130,7 +163,7 @@ class UploadRegistry:
         """Fire with the Upload a record and the bytes held make (timers
         continuing from the record), or None for a stale record, which is
         reported and removed.  ``look``: ask the data store what it holds."""
-        state, data = self._stores.state, self._stores.data
+        state, data = self._stores.state, self._data_of(record)
         held = None
         if look and not record.ended:
             held = yield data.held(record.id, record.length)
@@ -181,6 +214,32 @@ class UploadRegistry:
             self._log.info(
                 "storage folder: {name} belongs to no open upload; left alone", name=name
             )
+
+    @inlineCallbacks
+    def tidy_destinations(self):
+        """Remove what the other data stores (S3) hold for no open upload:
+        multipart uploads a crash or a cancel left unfinished (at start)."""
+
+        def open_ids():
+            d = self._stores.state.all()
+            return d.addCallback(lambda records: [r.id for r in records if not r.ended])
+
+        for dest_type, store in sorted(self._stores.destinations.items()):
+            if not ITidiesUnclaimed.providedBy(store):
+                continue
+            try:
+                removed = yield store.tidy_unclaimed(open_ids)
+            except Exception as e:  # only tidying: never a reason to stop
+                self._log.error(
+                    "{dest_type} store: cannot tidy up: {why}", dest_type=dest_type, why=str(e)
+                )
+                continue
+            for what in removed:
+                self._log.info(
+                    "{dest_type} store: removed the {what}: it belongs to no open upload",
+                    dest_type=dest_type,
+                    what=what,
+                )
 
     def get(self, ticket_id: str) -> Upload | None:
         """The upload, if this server has it at hand."""

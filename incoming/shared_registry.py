@@ -21,7 +21,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 
-from .interfaces import IDeadlines, LockHeld
+from .interfaces import FILE, IDeadlines, LockHeld
 from .redis_locker import LEASE_SECONDS
 from .registry import UnknownUpload, UploadRegistry
 from .upload import REPLY_CANCEL, Upload
@@ -94,10 +94,12 @@ class SharedRegistry(UploadRegistry):
 
         return DeferredList([self._let_go(u) for u in resting])
 
-    def create(self, signal_finish_url, backend_secret, remove_file_when_finished):
+    def create(self, signal_finish_url, backend_secret, remove_file_when_finished, dest_type=FILE):
         """A ticket in the shared store; no server holds it until it is used
         (its idle timeout is the store's deadline): not registered here."""
-        record = self._new_record(signal_finish_url, backend_secret, remove_file_when_finished)
+        record = self._new_record(
+            signal_finish_url, backend_secret, remove_file_when_finished, dest_type
+        )
 
         def stored(record):
             self._created(record)
@@ -130,12 +132,7 @@ class SharedRegistry(UploadRegistry):
         def found(record):
             if record is None:
                 return None
-            return Ticket(
-                record.id,
-                record.signal_finish_url,
-                record.backend_secret,
-                record.remove_file_when_finished,
-            )
+            return Ticket.of(record)
 
         return self._stores.state.get(ticket_id).addCallback(found)
 

@@ -34,9 +34,9 @@ class StoragePool(Service):
 
     name = "storage-pool"
 
-    def __init__(self, reactor, threads: int = STORAGE_THREADS):
+    def __init__(self, reactor, threads: int = STORAGE_THREADS, name: str = "incoming-storage"):
         self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="incoming-storage")
+        self._pool = ThreadPool(minthreads=1, maxthreads=threads, name=name)
 
     def startService(self) -> None:
         super().startService()

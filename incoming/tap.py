@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+import attr
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -21,6 +22,7 @@ from twisted.python import usage
 from . import __version__
 from .config import SETTINGS, ConfigError, Settings, build_settings, read_yaml_config
 from .folder_lock import FolderInUse, lock_folder, write_pid
+from .guards import GuardRefused, Guards
 from .storage_pool import StoragePool
 
 DEFAULTS = Settings()
@@ -34,6 +36,20 @@ def _key_text(setting) -> str:
 ANY_WHEN_EMPTY = frozenset({"allowed_origins", "backend_allow", "finish_url_hosts"})
 
 
+# What an empty default means, as --help says it.
+EMPTY_DEFAULTS = {
+    "backend_token": "none",
+    "metrics_listen": "the main port",
+    "state": "the storage folder",
+    "backend_ca": "the system's trust store",
+    "s3_bucket": "none (no S3 store)",
+    "s3_endpoint": "AWS S3",
+    "s3_prefix": "none",
+    "s3_region": "the AWS chain's, else us-east-1",
+    "s3_ca": "botocore's bundle (AWS_CA_BUNDLE, else certifi's)",
+}
+
+
 def _default_text(field: str) -> str:
     value = getattr(DEFAULTS, field)
     if field in ANY_WHEN_EMPTY and not value:
@@ -42,14 +58,8 @@ def _default_text(field: str) -> str:
         return f"{value:g}"
     if isinstance(value, tuple):
         return ",".join(value) or "none"
-    if field == "backend_token":
-        return "none"
-    if field == "metrics_listen":
-        return "the main port"
-    if field == "state":
-        return "the storage folder"
-    if field == "backend_ca":
-        return "the system's trust store"
+    if field in EMPTY_DEFAULTS and not value:
+        return EMPTY_DEFAULTS[field]
     return str(value)
 
 
@@ -171,14 +181,26 @@ def makeService(config, reactor=None) -> MultiService:
     metrics = Metrics()  # this server's own CollectorRegistry
     pool = StoragePool(reactor)
     http = backend_http(reactor, backend_tls_policy(settings.backend_ca))
-    stores, guard, residency = None, None, None
+    stores, residency = None, None
+    guards: list = []
     if settings.state:
         from .redis_stores import RedisGuard, redis_stores
 
         stores, residency, hub = redis_stores(settings, pool.run, reactor, metrics)
         stores.data.prepare()
-        guard = RedisGuard(settings, hub)
-    checks = [guard.health] if guard is not None else []
+        guards.append(RedisGuard(settings, hub))
+    if settings.s3_bucket:
+        from .embedded import embedded_stores
+        from .s3_service import s3_destination
+
+        if stores is None:
+            stores = embedded_stores(settings, pool.run)
+            stores.data.prepare()
+        s3, s3_guard = s3_destination(settings, reactor)
+        stores = attr.evolve(stores, destinations={"s3": s3})
+        guards.append(s3_guard)
+    guard = Guards(guards) if guards else None
+    checks = guard.health_checks() if guard is not None else []
     site, registry = make_site(
         settings,
         reactor,
@@ -266,10 +288,10 @@ class UploadServer(Service):
                 count=len(self._registry),
                 address=self._bound.getHost(),
             )
+            tidying = self._registry.tidy_destinations()
+            tidying.addErrback(lambda f: self._log.failure("tidying the object stores", f))
 
     def _cannot_start(self, failure, what: str):
-        from .redis_stores import GuardRefused
-
         if failure.check(GuardRefused):
             self._log.error("{why}; stopping", why=str(failure.value))
         else:

@@ -37,8 +37,10 @@ from twisted.python.failure import Failure
 from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
 from .interfaces import (
+    FILE,
     IDeadlines,
     IFreeSpace,
+    IKeepsDigest,
     IRemoveAfterHandover,
     LockHeld,
     NoSpace,
@@ -55,6 +57,8 @@ from .wire import SAMPLE_BYTES, ErrorCode, shown
 
 # Chunks written or hashed but not finished before reading from the browser pauses.
 MAX_BACKLOG = 16
+# The longest wait before sealing again in a store that did not answer.
+SEAL_RETRY_MAX = 60.0
 
 
 def _come_back(failure) -> tuple[str, ErrorCode] | None:
@@ -74,6 +78,17 @@ class Ticket:
     signal_finish_url: str
     backend_secret: str = attr.ib(repr=False, default="")
     remove_file_when_finished: bool = True
+    dest_type: str = FILE
+
+    @classmethod
+    def of(cls, record: UploadRecord) -> Ticket:
+        return cls(
+            record.id,
+            record.signal_finish_url,
+            record.backend_secret,
+            record.remove_file_when_finished,
+            record.dest_type,
+        )
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -113,14 +128,11 @@ class Upload:
         """``forget(upload)`` when its retention is over; ``ended(upload)``
         when it finishes or is cancelled (the registry counts open uploads)."""
         self._stored = record  # as the state store last confirmed it
-        self.ticket = Ticket(
-            record.id,
-            record.signal_finish_url,
-            record.backend_secret,
-            record.remove_file_when_finished,
-        )
+        self.ticket = Ticket.of(record)
         self._settings = services.settings
         self._stores = services.stores
+        self._dest_type = record.dest_type
+        self._data_store = services.stores.data_for(record.dest_type)  # checked by its creator
         self._backend = services.backend
         self._clock = services.clock
         self._monotonic = services.elapsed_clock()
@@ -164,6 +176,9 @@ class Upload:
         self._idle_timer: Any = None
         self._confirm_timer: Any = None
         self._forget_timer: Any = None
+        self._seal_timer: Any = None  # sealing again, after a store that did not answer
+        self._seal_failures = 0
+        self._seal_failing_since: float | None = None
 
     @classmethod
     def restore(cls, record: UploadRecord, plan, services: Services, forget, ended=None) -> Upload:
@@ -291,7 +306,7 @@ class Upload:
     def _space_for_the_rest(self, channel) -> Deferred:
         """Fire with False (and refuse, without cancelling) when the rest of
         the file cannot fit; True otherwise."""
-        store = self._stores.capability(IFreeSpace)
+        store = self._stores.capability(IFreeSpace, self._dest_type)
         missing = (self.length or 0) - self.received
         if store is None or not missing:
             return succeed(True)
@@ -443,7 +458,7 @@ class Upload:
     def quiesce(self) -> Deferred:
         """Stop this object's timers and fire once its storage work and
         record writes have run: another server may take the upload then."""
-        for name in ("_idle_timer", "_confirm_timer", "_forget_timer"):
+        for name in ("_idle_timer", "_confirm_timer", "_forget_timer", "_seal_timer"):
             timer = getattr(self, name)
             setattr(self, name, None)
             if timer is not None:
@@ -908,7 +923,7 @@ class Upload:
         def open_data():
             nonlocal create
             create = self._stored.length is None  # no earlier connection recorded
-            store = self._stores.data
+            store = self._data_store
             opening = store.create if create else store.reopen
             return self._persist().addCallback(lambda _: opening(self.ticket.id))
 
@@ -956,7 +971,10 @@ class Upload:
         def taken(sample):
             if self.state != "uploading" or self._channel is not channel or sample is None:
                 return False  # it left meanwhile
-            self._sample = (pos - size, size, hashlib.sha256(sample).hexdigest())
+            if not sample:  # none at hand (a part in an object store): sizes alone
+                return True
+            taken = len(sample)  # fewer if the store has fewer at hand
+            self._sample = (pos - taken, taken, hashlib.sha256(sample).hexdigest())
             wait = self._settings.websocket_timeout
             self._sample_timer = self._clock.callLater(wait, self._sample_late, channel, wait)
             return True
@@ -1026,10 +1044,11 @@ class Upload:
         self._throttle()
 
     def _not_stored(self, failure) -> None:
-        """A chunk write failed.  A full disk keeps what is stored: the
-        browser is told (code 10) and comes back later; the writes queued
-        behind it are dropped, it sends them again."""
-        come_back = _come_back(failure) if failure.check(NoSpace) else None
+        """A chunk write failed.  A full disk, or a store that does not
+        answer, keeps what is stored: the browser is told (code 10 or 12)
+        and comes back later; the writes queued behind it are dropped, it
+        sends them again."""
+        come_back = _come_back(failure)
         if come_back is None:
             return self._failed(failure)
         self._writes += 1
@@ -1067,12 +1086,13 @@ class Upload:
 
     @_machine.output()
     def _seal_and_hand_over(self):
-        """Seal the data, get its sha256, record both, then hand over."""
-        hasher, self._hasher = self._hasher, None
+        """Seal the data, get its sha256, record both, then hand over.  A
+        store that does not answer or is full: tried again later."""
+        hasher = self._hasher  # kept until sealed: a retry needs it
         durable = self._settings.fsync != "none"
         if IDeadlines.providedBy(self._stores.state):  # servers share it: say so at once
             self._persist().addErrback(self._record_not_saved)
-        store = self._stores.data
+        store = self._data_store
 
         def seal(_):  # after the writes queued before it
             data, self._data = self._data, None
@@ -1099,8 +1119,17 @@ class Upload:
             reader = store.open_reader(self.ticket.id)
             return reader.addCallback(digest_of, self._run_blocking)
 
+        def keep_digest(sha256):
+            keeper = self._stores.capability(IKeepsDigest, self._dest_type)
+            if keeper is None or sha256 is None:
+                return sha256
+            d = keeper.keep_digest(self.ticket.id, sha256)
+            return d.addCallbacks(lambda _: sha256, self._digest_not_kept, errbackArgs=(sha256,))
+
         def sealed(sha256):
             self.sha256 = sha256
+            self._hasher = None
+            self._seal_failures = 0
             self._log.info(
                 "upload {id}: complete, {length} bytes in {path}, sha256 {sha256}",
                 id=self.ticket.id,
@@ -1113,8 +1142,47 @@ class Upload:
             return self._persist().addErrback(self._record_not_saved)
 
         d = self._io.run(seal, None)
-        d.addCallback(checksum).addCallback(sealed)
-        d.addCallbacks(lambda _: self._offer(), self._failed)
+        d.addCallback(checksum).addCallback(keep_digest).addCallback(sealed)
+        d.addCallbacks(lambda _: self._offer(), self._not_sealed)
+
+    def _not_sealed(self, failure) -> None:
+        """Sealing failed.  A store that does not answer (or is full) is
+        asked again after 1, 2, 4 ... 60 s while the idle timeout allows:
+        the browser waits for its MsgAllDone as for a slow backend; any
+        other failure ends the upload."""
+        if self.state != "handing_over" or _come_back(failure) is None:
+            return self._failed(failure)
+        delay = min(SEAL_RETRY_MAX, 2.0**self._seal_failures)
+        self._seal_failures += 1
+        now = self._monotonic()
+        if self._seal_failing_since is None:
+            self._seal_failing_since = now
+        if now - self._seal_failing_since + delay > self._settings.idle_timeout:
+            return self._failed(failure)
+        self._log.warn(
+            "upload {id}: cannot complete it in the store for now ({why}); trying again in "
+            "{delay:g} s",
+            id=self.ticket.id,
+            why=str(failure.value),
+            delay=delay,
+        )
+        self._seal_timer = self._clock.callLater(delay, self._seal_again)
+        return None
+
+    def _seal_again(self) -> None:
+        self._seal_timer = None
+        if self.state == "handing_over":
+            self._resume_handover()
+
+    def _digest_not_kept(self, failure, sha256: str) -> str:
+        """The file is complete and its sha256 goes in the handover: a
+        store that could not keep it as well is no reason to fail it."""
+        self._log.warn(
+            "upload {id}: handed over without its sha256 kept in the store: {why}",
+            id=self.ticket.id,
+            why=str(failure.value),
+        )
+        return sha256
 
     def _offer(self) -> None:
         if self.state != "handing_over":  # a store failed meanwhile: cancelled
@@ -1157,8 +1225,8 @@ class Upload:
         self._metrics.upload_finished()
         channel, self._channel = self._channel, None
         self._release_lock()
-        store = self._stores.capability(IRemoveAfterHandover)
-        location = self._location or self._stores.data.location(self.ticket.id)
+        store = self._stores.capability(IRemoveAfterHandover, self._dest_type)
+        location = self._location or self._data_store.location(self.ticket.id)
 
         def announce(_):
             self._send_to(channel, "finish_ok")
@@ -1198,7 +1266,7 @@ class Upload:
             "upload {id}: its handover, made again after a restart, failed; the file "
             "{path} is left in place (the backend may have taken it before)",
             id=self.ticket.id,
-            path=self._location or self._stores.data.location(self.ticket.id),
+            path=self._location or self._data_store.location(self.ticket.id),
         )
         self._persist().addErrback(self._logged("recording the cancellation"))
 
@@ -1207,10 +1275,10 @@ class Upload:
             data, self._data = self._data, None
             if data is not None:
                 return data.terminate()
-            return self._stores.data.discard(self.ticket.id)
+            return self._data_store.discard(self.ticket.id)
 
         def tidy(_):  # a sealed file whose handover failed, or a .part left open
-            return self._stores.data.discard(self.ticket.id)
+            return self._data_store.discard(self.ticket.id)
 
         d = self._io.run(discard, None).addBoth(tidy)
         d.addErrback(self._logged("deleting the data"))

@@ -94,7 +94,7 @@ class ErrorCode(IntEnum):
     TOO_LATE = 9  # cancel or pause while the file is being handed over
     NO_SPACE = 10  # not enough free space for the rest of the file (retried)
     # 11 is the client's own FILE_READ_ERROR (incoming.js), never sent
-    STORE_UNAVAILABLE = 12  # the shared store (Redis) does not answer (retried)
+    STORE_UNAVAILABLE = 12  # a shared store (Redis, S3) does not answer (retried)
 
 
 class ProtocolError(Exception):

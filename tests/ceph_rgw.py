@@ -109,6 +109,18 @@ class CephRGW:
                    "--access-key", self.access_key, "--secret-key", self.secret_key])
         self.startup_seconds = time.monotonic() - began
 
+    def stop_gateway(self) -> None:
+        """Stop radosgw alone (the S3 endpoint goes away; the cluster stays)."""
+        gateway = self.processes.pop()
+        assert gateway.args[0] == "radosgw", gateway.args
+        gateway.terminate()
+        gateway.wait(10)
+
+    def start_gateway(self, timeout: float = 60) -> None:
+        """Start radosgw again on the same port; return once it answers."""
+        self._spawn(["radosgw", "-f", "-n", "client.rgw"])
+        self._wait_for_http(time.monotonic() + timeout)
+
     def stop(self) -> None:
         for process in reversed(self.processes):  # radosgw, the OSD, the monitor
             if process.poll() is None:

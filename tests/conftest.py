@@ -12,6 +12,8 @@ from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
+
+from ceph_rgw import ceph_rgw  # noqa: F401 (fixture: one gateway for the whole session)
 from twisted.web.server import NOT_DONE_YET, Site
 
 from incoming.config import Settings

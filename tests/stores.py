@@ -12,6 +12,7 @@ from incoming.local_bus import LocalBus
 from incoming.local_locker import LocalLocker
 from incoming.storage_pool import StoragePool, run_here
 from redis_server import redis_hub, redis_server  # noqa: F401 (fixtures)
+from s3_fixtures import s3_credentials, s3_target  # noqa: F401 (fixtures)
 
 
 def storage_work(request, where: str):
@@ -30,11 +31,24 @@ def run_blocking(request):
     return storage_work(request, request.param)
 
 
-@pytest.fixture(params=["folder"])
+@pytest.fixture(params=["folder", "s3"])
 def make_data_store(request, tmp_path, run_blocking):
     """A factory: each call is the same store seen anew (as after a restart)."""
     folder = tmp_path / "data"
     folder.mkdir()
+    if request.param == "s3":
+        from incoming.s3_client import make_client
+        from incoming.s3_store import S3Store
+
+        target = request.getfixturevalue("s3_target")
+        client = make_client(target, 4)
+
+        def make_s3():
+            store = S3Store(client, target, str(folder / ".incoming.s3"), run_blocking)
+            store.prepare()
+            return store
+
+        return make_s3
 
     def make():
         return FolderStore(str(folder), run_blocking)

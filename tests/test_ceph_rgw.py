@@ -12,7 +12,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ceph_rgw import ceph_rgw  # noqa: F401 (fixture)
 
 MiB = 1 << 20
 

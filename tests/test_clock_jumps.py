@@ -74,10 +74,10 @@ def test_a_wall_clock_jump_does_not_time_out_the_handover_post():
 
     client = BackendClient(Hanging(), clocks.wall, HANDOVER, monotonic=clocks.elapsed.seconds)
 
-    class Ticket:
-        id, backend_secret, signal_finish_url = "t", "s", "http://backend.example/h"
+    from incoming.upload import Ticket
 
-    client.hand_over(Ticket, "/f", "f.bin", None).addBoth(answers.append)
+    ticket = Ticket("t", "http://backend.example/h", "s")
+    client.hand_over(ticket, "/f", "f.bin", None).addBoth(answers.append)
     clocks.jump(HANDOVER * 10)
     assert answers == []
     clocks.advance(HANDOVER + 1)

@@ -55,6 +55,13 @@ HELP_DEFAULTS = {
     "state_prefix": "incoming:",
     "workers": "1",
     "finish_url_hosts": "any",
+    "s3_bucket": "none (no S3 store)",
+    "s3_endpoint": "AWS S3",
+    "s3_prefix": "none",
+    "s3_region": "the AWS chain's, else us-east-1",
+    "s3_addressing": "auto",
+    "s3_ca": "botocore's bundle (AWS_CA_BUNDLE, else certifi's)",
+    "s3_part_size": "16777216",
 }
 
 ALL_KEYS_YAML = """\

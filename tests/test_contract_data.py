@@ -21,6 +21,7 @@ from incoming.interfaces import (
     StoreError,
     WrongOffset,
 )
+from s3_fixtures import s3_credentials, s3_target  # noqa: F401 (fixtures)
 from stores import make_data_store, run_blocking  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("run_blocking")

@@ -306,7 +306,8 @@ def test_backend_api_page_lists_every_status_the_api_answers():
 def test_backend_api_page_documents_every_handover_field():
     """The fields the server's handover and cancellation POSTs carry."""
     source = (ROOT / "incoming" / "handover.py").read_text()
-    fields = set(re.findall(r'^\s+"(\w+)": ', source, re.M)) | {"sha256"}
+    fields = set(re.findall(r'^\s+"(\w+)": ', source, re.M))
+    fields |= set(re.findall(r'fields\["(\w+)"\] = ', source))  # sha256, destType
     handover = section(doc("backend-api.md"), "The handover POST your backend receives")
     documented = {row[0].strip("`") for row in table_rows(handover) if row[0].startswith("`")}
     assert fields == documented

@@ -31,11 +31,10 @@ from incoming.handover import (
 CHATTY_PIECES = 160  # 10 MiB in 64 KiB pieces
 
 
-class Ticket:
-    id, backend_secret = "6f1c7e2a-0000-4000-8000-000000000000", "s3cret"
+def Ticket(url):  # noqa: N802 (as the class it makes)
+    from incoming.upload import Ticket as RealTicket
 
-    def __init__(self, url):
-        self.signal_finish_url = url
+    return RealTicket("6f1c7e2a-0000-4000-8000-000000000000", url, "s3cret")
 
 
 class Backend(Resource):

@@ -12,6 +12,7 @@ the calls; the test is parametrised over them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -26,7 +27,7 @@ from incoming.embedded import embedded_stores
 from incoming.registry import UploadRegistry
 from incoming.storage_pool import run_here
 from incoming.handover import DONE, WAIT
-from incoming.interfaces import StoreError, StoreComposer
+from incoming.interfaces import StoreComposer, StoreError, StoreUnavailable
 from incoming.upload import TooLate
 from incoming.wire import ErrorCode
 from test_upload_machine import FakeBackend, FakeChannel, data_of
@@ -74,8 +75,9 @@ class Flaky:
 
 
 def build(tmp_path, injector, **overrides):
-    settings = Settings(storage_dir=str(tmp_path / "storage"), chunk_size_kb=1,
-                        idle_timeout=1000.0, handover_confirm_timeout=100.0, **overrides)
+    settings = Settings(**{"storage_dir": str(tmp_path / "storage"), "chunk_size_kb": 1,
+                           "idle_timeout": 1000.0, "handover_confirm_timeout": 100.0,
+                           **overrides})
     backend, clock = FakeBackend(), Clock()
     real = embedded_stores(settings, run_here)
     real.data.prepare()
@@ -247,3 +249,63 @@ def test_new_upload_answers_503_when_the_record_cannot_be_stored(tmp_path):
     assert request.responseCode == 503, body
     assert body.startswith(b"cannot store the upload: injected failure of state.create")
     assert len(registry) == 0 and registry.open_count() == 0
+
+
+class Unavailable(Injector):
+    """The named calls fail with StoreUnavailable, ``times`` times each."""
+
+    def __init__(self, names, times):
+        super().__init__()
+        self.left = {name: times for name in names}
+
+    def wrap(self, target, prefix: str):
+        return UnavailableFor(target, prefix, self)
+
+
+class UnavailableFor(Flaky):
+    def __getattr__(self, name):
+        call = super().__getattr__(name)
+        key = f"{self._prefix}.{name}"
+        if not callable(call) or self._injector.left.get(key, 0) <= 0:
+            return call
+
+        def unavailable(*args, **kwargs):
+            self._injector.left[key] -= 1
+            return fail(StoreUnavailable(f"the store does not answer ({key})"))
+
+        return unavailable
+
+
+def sealing_unavailable(tmp_path, times, idle_timeout=1000.0):
+    """Every byte is stored, then sealing the data meets a store that does
+    not answer: ``times`` times for the open data, as many for sealing it
+    again (the retries)."""
+    injector = Unavailable(["upload.finish", "data.seal_existing"], times)
+    registry, backend, clock, settings = build(tmp_path, injector, idle_timeout=idle_timeout)
+    upload = fired(registry.create("http://backend.example/h", "pw", False))
+    channel = FakeChannel()
+    upload.connect(channel, len(FILE), "f.bin")
+    send(upload, channel, FILE)
+    return upload, backend, clock, channel
+
+
+def test_sealing_in_a_store_that_does_not_answer_is_tried_again_later(tmp_path):
+    upload, backend, clock, channel = sealing_unavailable(tmp_path, times=1)
+    assert upload.state == "handing_over" and backend.handovers == []
+    assert [c for c in channel.calls if c[0] == "fail"] == []  # it waits, as for a slow backend
+    clock.advance(1)  # 1 s: still away
+    assert upload.state == "handing_over" and backend.handovers == []
+    clock.advance(2)  # 2 s more: sealed, handed over with the sha256 of what came
+    (handover,) = backend.handovers
+    assert handover.sha256 == hashlib.sha256(FILE).hexdigest()
+    handover.deferred.callback(DONE)
+    assert upload.state == "finished" and ("finish_ok",) in channel.calls
+
+
+def test_a_store_that_stays_away_longer_than_the_idle_timeout_cancels(tmp_path):
+    upload, backend, clock, channel = sealing_unavailable(tmp_path, times=100, idle_timeout=10.0)
+    clock.advance(1 + 2 + 4)
+    assert upload.state == "handing_over"
+    clock.advance(8)  # the next retry would end after the idle timeout
+    assert upload.state == "cancelled" and backend.handovers == []
+    assert [c[1] for c in channel.calls if c[0] == "fail"] == [ErrorCode.SERVER_ERROR]

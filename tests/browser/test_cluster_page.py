@@ -19,10 +19,11 @@ from .harness import Backend, IncomingServer, MiB, TcpProxy, write_test_file
 
 
 @contextlib.contextmanager
-def shared_servers(tmp_path: Path, redis_server, count: int):  # noqa: F811
-    """`count` servers on one storage folder and one Redis prefix."""
+def shared_servers(tmp_path: Path, redis_server, count: int, *more):  # noqa: F811
+    """`count` servers on one storage folder and one Redis prefix; ``more``
+    options for each."""
     args = ("--storage-dir", str(tmp_path / "shared-storage"), "--state", redis_server.url,
-            "--state-prefix", unique_prefix())
+            "--state-prefix", unique_prefix(), *more)
     servers = []
     try:
         for n in range(count):
@@ -36,12 +37,13 @@ def shared_servers(tmp_path: Path, redis_server, count: int):  # noqa: F811
             server.stop()
 
 
-def kill_the_holder_mid_upload(tmp_path, servers, backend, page, size=12 * MiB):
+def kill_the_holder_mid_upload(tmp_path, servers, backend, page, size=12 * MiB, **params):
     """Upload through `page`, kill the server that holds the connection at
-    3 MiB acknowledged; the page must finish by itself with the right file."""
+    3 MiB acknowledged; the page must finish by itself with the right file.
+    ``params`` go to new_upload; fire with the ticket."""
     path = tmp_path / "video.mp4"
     sha = write_test_file(path, size)
-    ticket = servers[0].new_upload(backend)
+    ticket = servers[0].new_upload(backend, **params)
     (i,) = page.start([path], [ticket])
     page.wait_for(i, "u.bytes_acked >= 3 * 1024 * 1024", 30, "some bytes acknowledged")
     [holder] = [s for s in servers if "browser connected" in s.log()]
@@ -53,6 +55,7 @@ def kill_the_holder_mid_upload(tmp_path, servers, backend, page, size=12 * MiB):
     (call,) = backend.calls_for(ticket)
     assert call["sha256"] == sha and call["cancelled"] == "no"
     print(f"\nfinished {time.monotonic() - started:.1f} s after the kill")
+    return ticket, sha
 
 
 def test_a_page_upload_survives_the_death_of_the_server_that_holds_it(

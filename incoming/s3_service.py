@@ -1,0 +1,77 @@
+"""
+``--s3-bucket``: the S3 data store of ``destType=s3``, its threads, and the
+guard that checks the bucket at start (the server does not start with a
+bucket it cannot use) and answers for it in /health.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.defer import maybeDeferred
+
+from .config import describe
+from .guards import GuardRefused
+from .interfaces import StoreError
+from .s3_client import S3Target, make_client
+from .s3_store import S3Store
+from .storage_pool import StoragePool
+
+# Threads for S3 calls: the parts in flight of every upload, together.
+S3_THREADS = 16
+# The staging folder, inside the storage folder (its name is one of ours).
+STAGING_NAME = ".incoming.s3"
+
+
+def s3_target(settings) -> S3Target:
+    return S3Target(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint=settings.s3_endpoint,
+        region=settings.s3_region,
+        addressing=settings.s3_addressing,
+        ca=settings.s3_ca,
+    )
+
+
+def s3_destination(settings, reactor) -> tuple[S3Store, S3Guard]:
+    """The store (its client made now: blocking, at start) and its guard."""
+    pool = StoragePool(reactor, threads=S3_THREADS, name="incoming-s3")
+    target = s3_target(settings)
+    store = S3Store(
+        make_client(target, S3_THREADS),
+        target,
+        os.path.join(settings.storage_dir, STAGING_NAME),
+        pool.run,
+        settings.s3_part_size,
+    )
+    return store, S3Guard(store, pool)
+
+
+class S3Guard:
+    """Start: the S3 threads, and the bucket answers.  Stop: the threads."""
+
+    def __init__(self, store: S3Store, pool: StoragePool):
+        self._store = store
+        self._pool = pool
+
+    def start(self):
+        self._pool.startService()
+        self._store.prepare()
+
+        def refused(failure):
+            failure.trap(StoreError)
+            raise GuardRefused(
+                f"{describe('s3_bucket')}: {failure.value} (check {describe('s3_endpoint')}, "
+                f"{describe('s3_region')} and the AWS credentials)"
+            )
+
+        return self._pool.run(self._store.check).addErrback(refused)
+
+    def stop(self):
+        return maybeDeferred(self._pool.stopService)
+
+    def health(self):
+        """Fire with None if the bucket answers, else what is wrong."""
+        d = self._pool.run(self._store.check).addCallback(lambda _: None)
+        return d.addErrback(lambda f: f"S3 {self._store.target.describe()}: {f.value}")
