@@ -248,7 +248,7 @@ class Client:
         response = await self._http.post(
             self._args.api + "/incoming/0.1/backend/new_upload",
             data={"signalFinishURL": self._args.backend, "backendSecret": "bench",
-                  "removeFileWhenFinished": "false"})
+                  "removeFileWhenFinished": "false", "destType": self._args.dest_type})
         text = await response.text()
         if response.code != 200:
             raise RuntimeError(f"new_upload answered {response.code}: {text}")
@@ -347,6 +347,7 @@ def parse_args(argv=None):
     parser.add_argument("--hold", type=float, default=5.0,
                         help="seconds each --slow-stages stage stays open")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dest-type", default="file", help="ws mode: new_upload's destType")
     args = parser.parse_args(argv)
     if args.mode == "ws" and not (args.api and args.backend):
         parser.error("--mode ws needs --api and --backend")

@@ -126,3 +126,35 @@ def cpu_table(results: list) -> str:
         lines.append([f"{r['scenario']}: {r['server']}"] +
                      [_number(spent[n]) if n in spent else "" for n in names])
     return _render(lines)
+
+
+BOTO3 = "boto3 upload_file"
+
+
+def s3_ratios(results: list) -> list:
+    """Per S3 scenario that ran both: boto3's MB/s, ours, ours / boto3."""
+    by = {(r["scenario"], r["server"]): r for r in results
+          if r["kind"] == "s3" and "error" not in r}
+    ratios = []
+    for (scenario, server), ours in by.items():
+        reference = by.get((scenario, BOTO3))
+        if server == BOTO3 or reference is None:
+            continue
+        ratios.append({"scenario": scenario, "server": server, "boto3_mbps": reference["mbps"],
+                       "mbps": ours["mbps"], "ratio": ours["mbps"] / reference["mbps"],
+                       "server_cpu_s_per_gib": ours["cpu_s_per_gib"],
+                       "boto3_cpu_s_per_gib": reference["client_cpu_s_per_gib"],
+                       "verified": ours["verified"]})
+    return ratios
+
+
+def s3_table(ratios: list) -> str:
+    """Into the object store: boto3's upload_file against us, same gateway, same run."""
+    if not ratios:
+        return ""
+    lines = [["scenario", "boto3 upload_file MB/s", "incoming MB/s", "incoming / boto3",
+              "incoming CPU-s/GiB", "boto3 CPU-s/GiB", "sha256 verified"]]
+    lines += [[r["scenario"], _number(r["boto3_mbps"]), _number(r["mbps"]), f"{r['ratio']:.2f}x",
+               _number(r["server_cpu_s_per_gib"]), _number(r["boto3_cpu_s_per_gib"]),
+               f"{r['verified']} ok"] for r in ratios]
+    return _render(lines)

@@ -15,6 +15,11 @@ N workers / 1 worker, and the CPU of each process (parent, workers,
 redis-server, the bench's backend, the load client) per GiB.  Server CPU
 and peak RSS count the whole process tree (parent plus workers).
 
+``--s3`` also starts a Ceph RADOS Gateway of its own (bench/s3.py) and
+runs 1 x 1 GiB and 8 x 64 MiB (with ``--quick``, 1 x 20 MiB and 3 x 6
+MiB) into it: boto3's ``upload_file`` against Incoming!! with
+``--s3-bucket`` (destType=s3), same gateway, same run.
+
 ``--profile FILE`` runs the scenarios that ``--only`` picks against
 Incoming!! (sha256 on) alone, under twistd's cProfile (``--profiler
 cprofile --savestats``: the reactor thread only), writes the statistics to
@@ -36,7 +41,16 @@ import tempfile
 import time
 
 from bench.procstat import raise_open_files_limit
-from bench.report import add_ratios, cpu_table, table, worker_ratios, workers_table
+from bench.report import (
+    BOTO3,
+    add_ratios,
+    cpu_table,
+    s3_ratios,
+    s3_table,
+    table,
+    worker_ratios,
+    workers_table,
+)
 from bench.scenarios import GIB, MIB, Bench, Load, ScenarioFailed, Setup
 from bench.servers import Backend, start_redis
 
@@ -60,6 +74,7 @@ FULL = {
     "memory_stages": (100, 1000), "hold": 5.0,
     "proxied": Load(1, 256 * MIB),
     "workers_loads": ("200 x 64 KiB concurrent", "64 x 4 MiB concurrent"),
+    "s3_loads": [Load(1, GIB), Load(8, 64 * MIB)],
 }
 QUICK = {
     # One load of each shape (single, concurrent, sequential) keeps it short.
@@ -67,11 +82,14 @@ QUICK = {
     "memory_stages": (5, 20), "hold": 0.3,
     "proxied": Load(1, MIB),
     "workers_loads": ("8 x 256 KiB concurrent",),
+    "s3_loads": [Load(1, 20 * MIB), Load(3, 6 * MIB)],
 }
 
 
-def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0):
+def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0, s3=None):
     """(scenario name, kind, setup, how to measure it with a Bench), in order."""
+    if s3 is not None:
+        yield from s3_plan(settings, s3)
     for load in settings["loads"]:
         setups = (REFERENCE, DIGEST_ON, DIGEST_OFF)
         if workers and load.name in settings["workers_loads"]:
@@ -86,6 +104,16 @@ def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0):
     name = f"{load.name} via {2 * delay_ms:g} ms RTT, {rate_mbps:g} MB/s"
     for setup in (REFERENCE, ZERO_ONE, BYTE_WINDOW):
         yield name, "throughput", setup, lambda b, s=setup: b.throughput(s, load, proxied=True)
+
+
+def s3_plan(settings: dict, s3):
+    """Each S3 load: boto3's upload_file, then Incoming!! into the same bucket."""
+    boto3 = Setup(BOTO3)
+    ours = Setup("incoming s3", ("--digest", "sha256", *s3.options()), dest_type="s3")
+    for load in settings["s3_loads"]:
+        name = f"{load.name} into S3"
+        yield name, "s3", boto3, lambda b, l=load: b.s3.upload_file(l.count, l.size)
+        yield name, "s3", ours, lambda b, l=load: b.throughput(ours, l)
 
 
 def parse_args(argv=None):
@@ -104,6 +132,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", metavar="FILE",
                         help="profile Incoming!! (cProfile) in the scenarios --only picks; "
                              "statistics to FILE")
+    parser.add_argument("--s3", action="store_true",
+                        help="also measure uploads into a Ceph RGW of its own (destType=s3) "
+                             "next to boto3's upload_file")
     parser.add_argument("--json", default=RESULTS, help=f"where to write the JSON [{RESULTS}]")
     args = parser.parse_args(argv)
     if args.workers and args.workers < 2:
@@ -137,20 +168,30 @@ def main(argv=None):
     backend = Backend()
     redis_folder = tempfile.mkdtemp(prefix="incoming-bench-redis-") if args.workers else None
     redis = None
+    s3 = None
+    s3_folder = tempfile.mkdtemp(prefix="incoming-bench-ceph-") if args.s3 else None
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     try:
         if args.workers:
             redis = start_redis(redis_folder)
-        bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps, redis)
+        if args.s3:
+            from bench.s3 import S3Bench, start_gateway
+
+            s3 = S3Bench(start_gateway(s3_folder))
+        bench = Bench(backend, args.fsync, args.delay_ms, args.rate_mbps, redis, s3)
         steps = (profile_plan(settings, os.path.abspath(args.profile)) if args.profile
-                 else plan(settings, args.delay_ms, args.rate_mbps, args.workers))
+                 else plan(settings, args.delay_ms, args.rate_mbps, args.workers, s3))
         results = run_plan(bench, steps, args.only)
     finally:
         if redis is not None:
             redis.stop()
         if redis_folder is not None:
             shutil.rmtree(redis_folder, ignore_errors=True)
+        if s3 is not None:
+            s3.stop()
+        if s3_folder is not None:
+            shutil.rmtree(s3_folder, ignore_errors=True)
         backend.close()
     add_ratios(results)
     summary = {
@@ -166,6 +207,9 @@ def main(argv=None):
     if args.workers:
         tables += [workers_table(summary["workers"]["ratios"], args.workers),
                    cpu_table(results)]
+    if args.s3:
+        summary["s3"] = {"ratios": s3_ratios(results)}
+        tables.append(s3_table(summary["s3"]["ratios"]))
     print("\n\n".join(filter(None, tables)))
     print(f"\nratios: this server's figure / the reference's.  fsync {args.fsync}; "
           f"{summary['elapsed_s']:.0f} s; load average {load_before:.1f} before, "

@@ -71,6 +71,7 @@ class Setup:
     byte_window: bool = False
     workers: int = 0
     profile: str | None = None  # twistd --profile: cProfile statistics to this file
+    dest_type: str = "file"  # new_upload's destType (s3: options name the bucket)
 
     def start(self, folder: str, storage: str, fsync: str, redis_url: str | None = None):
         if self.reference:
@@ -89,7 +90,8 @@ class Setup:
         argv = ["--target", f"127.0.0.1:{target}"]
         if self.reference:
             return argv + ["--mode", "tcp"]
-        argv += ["--mode", "ws", "--api", f"http://127.0.0.1:{port}", "--backend", backend_url]
+        argv += ["--mode", "ws", "--api", f"http://127.0.0.1:{port}", "--backend", backend_url,
+                 "--dest-type", self.dest_type]
         return argv + (["--byte-window"] if self.byte_window else [])
 
 
@@ -127,17 +129,19 @@ def file_sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def verify_incoming(uploads: list, handovers: dict) -> dict:
+def verify_incoming(uploads: list, handovers: dict, s3=None) -> dict:
     """Each upload was handed over and its file hashes to what was sent.
 
     The sha256 field of the handover must match too, when the server sent one.
+    An s3:// location is read back (and deleted) through ``s3`` (bench.s3.S3Bench).
     """
     sent_digest = 0
     for upload in uploads:
         form = handovers.get(upload["id"])
         if form is None:
             raise ScenarioFailed(f"no handover for upload {upload['id']}")
-        stored = file_sha256(form["filename"])
+        location = form["filename"]
+        stored = s3.sha256_of(location) if location.startswith("s3://") else file_sha256(location)
         if stored != upload["sha256"]:
             raise ScenarioFailed(f"upload {upload['id']}: stored sha256 {stored} "
                                  f"!= sent {upload['sha256']}")
@@ -196,8 +200,10 @@ def cpu_by_process(server_pid: int, before: dict, after: dict) -> dict:
 class Bench:
     """What every measurement shares: the backend, fsync level, proxy link."""
 
-    def __init__(self, backend, fsync: str, delay_ms: float, rate_mbps: float, redis=None):
+    def __init__(self, backend, fsync: str, delay_ms: float, rate_mbps: float, redis=None,
+                 s3=None):
         self.backend = backend
+        self.s3 = s3  # a bench.s3.S3Bench, for the S3 scenarios
         self.fsync = fsync
         self.delay_ms = delay_ms
         self.rate_mbps = rate_mbps
@@ -239,7 +245,7 @@ class Bench:
             if setup.reference:
                 checked = verify_reference(report["uploads"], storage)
             else:
-                checked = verify_incoming(report["uploads"], self.backend.handovers)
+                checked = verify_incoming(report["uploads"], self.backend.handovers, self.s3)
             result = {
                 "mbps": report["mbps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
                 "cpu_s_per_gib": cpu / (report["bytes"] / GIB), "peak_rss_mib": peak / 1024,

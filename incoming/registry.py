@@ -135,9 +135,7 @@ class UploadRegistry:
                     yield self._data_of(record).discard(record.id)  # may outlive a crash
                 # A ticket no browser used has no file: one listing tells, not a
                 # look per ticket (there may be 100,000).
-                unused = record.length is None and with_files is not None
-                unused = unused and record.dest_type == FILE  # the folder's listing
-                upload = yield self._rebuild(record, look=not unused or record.id in with_files)
+                upload = yield self._rebuild(record, look=self._may_hold_data(record, with_files))
             except Exception as e:
                 self._log.error(
                     "upload {id}: cannot restore: {why}", id=record.id, why=str(e) or repr(e)
@@ -179,6 +177,17 @@ class UploadRegistry:
             created = yield data.create(record.id)
             yield created.close()
         return Upload.restore(record, plan, self._services, self._forget, self._ended_upload)
+
+    @staticmethod
+    def _may_hold_data(record: UploadRecord, with_files: set | None) -> bool:
+        """Whether to ask the data store what it holds of a record's upload.
+        A ticket no browser used has none, unless the folder's listing (the
+        only data written before its record) says otherwise."""
+        if record.length is not None:
+            return True
+        if record.dest_type == FILE:
+            return with_files is None or record.id in with_files
+        return False  # other stores take bytes only after the record has the length
 
     @inlineCallbacks
     def _ids_with_files(self):

@@ -3,13 +3,16 @@ The S3 client the object store runs on: botocore (through boto3), called
 in threads of its own (`incoming.storage_pool.StoragePool` named
 ``incoming-s3``), never on the reactor thread.
 
-Why boto3 in threads rather than botocore's signer with treq: both move a
-16 MiB part to a local gateway at the same speed (the gateway is the
-limit; hashing and signing release the GIL), and boto3 brings the AWS
-credential chain, retries with backoff, pagination and the error codes for
-free.  Credentials come only from that chain (environment, shared config
-and credentials files, instance roles): never from our command line, and
-never logged.
+Why boto3 in threads rather than botocore's signer with treq doing the
+I/O: measured here (16 MiB parts, 4 at a time, to a local Ceph RGW over
+http), boto3 in threads moved 192-195 MB/s for 1.8 CPU-s/GiB (hashing,
+signing and sending release the GIL), the signer with treq 117 MB/s for
+2.7 CPU-s/GiB (the sending then runs on the reactor thread).  A part's
+body is its staged file (boto3 reads it; reading it whole into memory
+first saved no CPU).  boto3 also brings the AWS credential chain, retries
+with backoff, pagination and the error codes.  Credentials come only
+from that chain (environment, shared config and credentials files,
+instance roles): never from our command line, and never logged.
 """
 
 from __future__ import annotations

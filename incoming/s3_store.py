@@ -273,8 +273,9 @@ class S3Store:
         def sealed_or_reopen(found):
             if found is None:
                 raise DataGone(f"the data of upload {upload_id} is gone")
-            if found[1]:
-                return self.location(upload_id)
+            if found[1]:  # completed before a restart: only its staging may be left
+                d = self._run(self.staging.remove, upload_id)
+                return d.addCallback(lambda _: self.location(upload_id))
             return self.reopen(upload_id).addCallback(lambda data: data.finish(durable))
 
         return self.held(upload_id, None).addCallback(sealed_or_reopen)

@@ -108,3 +108,24 @@ def test_quick_bench_compares_two_workers_with_one(tmp_path):
     port = int(summary["workers"]["redis_url"].rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the bench stopped its redis-server"
+
+
+def test_quick_bench_compares_uploads_into_s3_with_boto3(tmp_path):
+    """--s3: a Ceph RGW of the bench's own; each S3 load through boto3's
+    upload_file and through Incoming!! (destType=s3), every object read back."""
+    output = tmp_path / "s3.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--s3", "--only", "into S3",
+                          "--json", str(output)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    summary = json.loads(output.read_text())
+    rows = {(r["scenario"], r["server"]): r for r in summary["results"]}
+    scenarios = ["1 x 20 MiB into S3", "3 x 6 MiB concurrent into S3"]
+    assert set(rows) == {(s, server) for s in scenarios
+                         for server in ("boto3 upload_file", "incoming s3")}
+    for ratio, scenario in zip(summary["s3"]["ratios"], scenarios, strict=True):
+        ours, boto3 = rows[(scenario, "incoming s3")], rows[(scenario, "boto3 upload_file")]
+        assert ratio["scenario"] == scenario and ratio["ratio"] == ours["mbps"] / boto3["mbps"]
+        assert ours["verified"] == ours["handover_sha256"] == boto3["verified"], ours
+        (line,) = [x for x in run.stdout.splitlines() if x.startswith(scenario + "  ")]
+        assert f"{ratio['ratio']:.2f}x" in line and f"{ours['verified']} ok" in line
