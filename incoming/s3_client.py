@@ -21,6 +21,7 @@ from typing import Any
 
 import attr
 
+from .fsops import storage_error
 from .interfaces import StoreError, StoreUnavailable
 
 # Attempts botocore makes for a request before a failure reaches us.
@@ -28,8 +29,18 @@ ATTEMPTS = 4
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
 
-# Errors that are the store's trouble for now, not our request's.
-UNAVAILABLE_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"}
+# Errors that are the store's trouble for now, not our request's: retried
+# later with the bytes kept.  (Expired or skewed credentials recover too,
+# once refreshed or the clock is fixed.)
+UNAVAILABLE_CODES = {
+    "SlowDown",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "InternalError",
+    "ExpiredToken",
+    "RequestTimeTooSkewed",
+    "TooManyRequests",
+}
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -94,7 +105,13 @@ def s3_error(error: BaseException, what: str) -> StoreError:
     """A botocore exception as our store error: StoreUnavailable when the
     store does not answer or is overloaded (the browser comes back later),
     StoreError otherwise; the text says what was asked and the store's code."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        NoCredentialsError,
+        NoRegionError,
+        ParamValidationError,
+    )
 
     if isinstance(error, ClientError):
         info = error.response.get("Error", {})
@@ -102,18 +119,20 @@ def s3_error(error: BaseException, what: str) -> StoreError:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         message = info.get("Message") or code
         text = f"{what}: the object store answered {code} (HTTP {status}): {message}"
-        if code in UNAVAILABLE_CODES or status >= 500:
+        if code in UNAVAILABLE_CODES or status >= 500 or status == 429:
             return StoreUnavailable(text)
         return StoreError(text)
-    if isinstance(error, NoCredentialsError):
-        return StoreError(
-            f"{what}: no S3 credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "or a profile in the shared AWS files)"
+    if isinstance(error, NoCredentialsError):  # checked at start: lost since (a role's?)
+        return StoreUnavailable(
+            f"{what}: no S3 credentials now (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "a profile in the shared AWS files, or an instance role)"
         )
-    if isinstance(error, BotoCoreError):
+    if isinstance(error, (ParamValidationError, NoRegionError)):  # ours: retrying won't help
+        return StoreError(f"{what}: {error}")
+    if isinstance(error, BotoCoreError):  # connection, timeouts, credential retrieval
         return StoreUnavailable(f"{what}: the object store does not answer: {error}")
     if isinstance(error, OSError):
-        return StoreError(f"{what}: {error.strerror or error}")
+        return storage_error(error, what)
     return StoreError(f"{what}: {error!r}")
 
 

@@ -34,8 +34,9 @@ def s3_target(settings) -> S3Target:
     )
 
 
-def s3_destination(settings, reactor) -> tuple[S3Store, S3Guard]:
-    """The store (its client made now: blocking, at start) and its guard."""
+def s3_destination(settings, reactor, run_local) -> tuple[S3Store, S3Guard]:
+    """The store (its client made now: blocking, at start) and its guard;
+    ``run_local`` (the storage pool) does the staging folder's file work."""
     pool = StoragePool(reactor, threads=S3_THREADS, name="incoming-s3")
     target = s3_target(settings)
     store = S3Store(
@@ -44,6 +45,7 @@ def s3_destination(settings, reactor) -> tuple[S3Store, S3Guard]:
         os.path.join(settings.storage_dir, STAGING_NAME),
         pool.run,
         settings.s3_part_size,
+        run_local=run_local,
     )
     return store, S3Guard(store, pool)
 

@@ -20,6 +20,7 @@ from .fsops import remove_quietly, sync_folder
 from .wire import SAMPLE_BYTES
 
 LEAD = "lead-"
+MULTIPART = "multipart"  # the id of the upload's multipart upload, once begun
 
 
 class Staging:
@@ -74,6 +75,22 @@ class Staging:
                 remove_quietly(os.path.join(folder, name))
         return chain
 
+    def keep_multipart(self, upload_id: str, multipart: str) -> None:
+        """Note which multipart upload is this upload's (a retried start can
+        make two; the other is aborted)."""
+        path = os.path.join(self.upload_folder(upload_id), MULTIPART)
+        with open(path + ".new", "w", encoding="ascii") as f:
+            f.write(multipart)
+        os.replace(path + ".new", path)
+
+    def multipart(self, upload_id: str) -> str | None:
+        path = os.path.join(self.upload_folder(upload_id), MULTIPART)
+        try:
+            with open(path, encoding="ascii") as f:
+                return f.read().strip() or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
     def keep_lead(self, upload_id: str, start: int, size: int) -> None:
         """The file at ``start`` went into a part: keep its last bytes as the
         lead of what follows, then remove it."""
@@ -100,15 +117,19 @@ class Staging:
         staged files, then the lead (fewer if not all are)."""
         pieces: list[bytes] = []
         want = size
+        first = end
         for offset, length in reversed(segments):
             if want <= 0:
                 break
             take = min(want, length)
-            with open(self.segment(upload_id, offset), "rb") as f:
-                f.seek(length - take)
-                pieces.append(f.read(take))
+            try:
+                with open(self.segment(upload_id, offset), "rb") as f:
+                    f.seek(length - take)
+                    pieces.append(f.read(take))
+            except FileNotFoundError:  # sent meanwhile: its lead follows
+                break
+            first = offset
             want -= take
-        first = segments[0][0] if segments else end
         if want > 0:
             try:
                 with open(os.path.join(self.upload_folder(upload_id), f"{LEAD}{first}"), "rb") as f:

@@ -87,11 +87,15 @@ class S3Store:
         run_s3,
         part_size: int = DEFAULT_PART_SIZE,
         parts_in_flight: int = PARTS_IN_FLIGHT,
+        run_local=None,
     ):
+        """``run_s3`` runs S3 calls (they may take minutes); ``run_local``
+        the staging folder's file work (the storage pool; default run_s3)."""
         self.client = client
         self.target = target
         self.staging = Staging(staging_folder)
         self._run = run_s3
+        self.run_local = run_local or run_s3
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.parts_in_flight = parts_in_flight
 
@@ -156,30 +160,39 @@ class S3Store:
             if error_code(e) not in ("NoSuchUpload", "NoSuchKey", "404"):
                 raise
 
-    def _parts(self, key: str, multipart: str) -> list[tuple[int, str, int]]:
-        """The parts 1..k that S3 holds without a gap."""
+    def _listed_parts(self, key: str, multipart: str) -> dict[int, tuple[str, int]]:
+        """Part number -> (etag, size) of every part S3 holds."""
         listed: dict[int, tuple[str, int]] = {}
         pages = self.client.get_paginator("list_parts")
         for page in pages.paginate(Bucket=self.target.bucket, Key=key, UploadId=multipart):
             for part in page.get("Parts", []):
                 listed[part["PartNumber"]] = (part["ETag"], part["Size"])
-        parts: list[tuple[int, str, int]] = []
-        while len(parts) + 1 in listed:
-            number = len(parts) + 1
-            parts.append((number, *listed[number]))
-        return parts
+        return listed
 
     def _inspect(self, upload_id: str, length: int | None) -> int | Held | None:
-        """The sealed object's size, or what is held of an unsealed one, or None."""
+        """The sealed object's size, or what is held of an unsealed one, or None.
+
+        Every part but the last has the size of part 1, so part n holds the
+        bytes from (n - 1) x that size on, whichever server sent it (they
+        all go on with part 1's size).  Parts are trusted from 1 up to the
+        first gap or part of another size; a part after that is sent again
+        over (Ceph RGW refuses to complete without every part it holds)."""
         key = self._key(upload_id)
         sealed = self._head(key)
         if sealed is not None:
             return sealed
-        multiparts = self._multiparts(key, exact=True)
-        for _, extra in multiparts[1:]:  # begun twice (a crash before its id was known)
-            self._abort(key, extra)
-        multipart = multiparts[0][1] if multiparts else None
-        parts = self._parts(key, multipart) if multipart else []
+        listings = {m: self._listed_parts(key, m) for _, m in self._multiparts(key, exact=True)}
+        multipart = self.staging.multipart(upload_id)
+        if multipart not in listings:  # the most parts; a retried start left an empty one
+            multipart = max(reversed(list(listings)), key=lambda m: len(listings[m]), default=None)
+        for extra in listings:
+            if extra != multipart:
+                self._abort(key, extra)
+        listed = listings.get(multipart, {}) if multipart is not None else {}
+        parts: list[tuple[int, str, int]] = []
+        size = listed[1][1] if 1 in listed else 0
+        while len(parts) + 1 in listed and listed[len(parts) + 1][1] == size:
+            parts.append((len(parts) + 1, *listed[len(parts) + 1]))
         durable = sum(p[2] for p in parts)
         staged = self.staging.chain(upload_id, durable, length)
         if multipart is None and staged is None:
@@ -199,7 +212,9 @@ class S3Store:
         answer = self.client.create_multipart_upload(
             Bucket=self.target.bucket, Key=self._key(upload_id)
         )
-        return answer["UploadId"]
+        multipart = answer["UploadId"]
+        self.staging.keep_multipart(upload_id, multipart)  # which one, if a retry made two
+        return multipart
 
     def _send_part(self, upload_id: str, multipart: str, number: int, offset: int) -> str:
         with open(self.staging.segment(upload_id, offset), "rb") as f:
@@ -239,7 +254,7 @@ class S3Store:
                 raise storage_error(e, f"cannot stage upload {upload_id}") from None
             return S3Upload(self, upload_id, Held(None, [], []))
 
-        return self._run(blocking)
+        return self.run_local(blocking)
 
     def reopen(self, upload_id: str):
         def blocking():
@@ -274,7 +289,7 @@ class S3Store:
             if found is None:
                 raise DataGone(f"the data of upload {upload_id} is gone")
             if found[1]:  # completed before a restart: only its staging may be left
-                d = self._run(self.staging.remove, upload_id)
+                d = self.run_local(self.staging.remove, upload_id)
                 return d.addCallback(lambda _: self.location(upload_id))
             return self.reopen(upload_id).addCallback(lambda data: data.finish(durable))
 
@@ -334,7 +349,7 @@ class S3Store:
         multiparts = yield self.call(
             "cannot list multipart uploads", self._multiparts, prefix, False
         )
-        staged = yield self._run(self.staging.ids)
+        staged = yield self.run_local(self.staging.ids)
         known = set((yield open_ids()))
         removed = []
         for key, multipart in multiparts:
@@ -346,7 +361,7 @@ class S3Store:
             removed.append(f"multipart upload {multipart} of s3://{self.target.bucket}/{key}")
         for upload_id in staged:
             if upload_id not in known:
-                yield self._run(self.staging.remove, upload_id)
+                yield self.run_local(self.staging.remove, upload_id)
                 removed.append(f"staged bytes of upload {upload_id}")
         return removed
 
@@ -358,6 +373,7 @@ class _Segment:
     offset: int
     size: int
     fd: int | None = None
+    number: int = 0  # its part number, once sent
     etag: str | None = None
     sent: Deferred | None = None  # fires (never fails) when its UploadPart has ended
 
@@ -373,13 +389,23 @@ class S3Upload:
         self.upload_id = upload_id
         self._multipart: str | None = held.multipart  # its id, once started
         self._multipart_waiters: list[Deferred] | None = None  # while it is being started
-        self._parts = list(held.parts)  # sent, 1..k
+        self._parts = list(held.parts)  # sent: (number, etag, size), in order
+        # Every part but the last is this long: part 1's, else a full staged
+        # file's (made before a restart), else the setting.
+        staged = held.staged
+        if held.parts:
+            self.part_size = held.parts[0][2]
+        elif len(staged) > 1 or (staged and staged[0][1] >= store.part_size):
+            self.part_size = staged[0][1]
+        else:
+            self.part_size = store.part_size
         self._segments = [_Segment(offset, size) for offset, size in held.staged]
         self.size = held.size
         self._failure: Any = None  # a part that could not be sent: every call fails
         self._room: Deferred | None = None  # a write waiting for a part to be sent
         self._tidying: Deferred = succeed(None)  # staged files retired, in order
-        self._synced = False
+        self._synced = False  # sync() was asked for: sealed files are synced too
+        self._new_names = True  # staged files made since the last sync (and the folder)
 
     # ---- sending ----------------------------------------------------------
 
@@ -391,7 +417,7 @@ class S3Upload:
         last = self._segments[-1]
         for segment in self._segments[:-1]:
             self._send(segment)
-        if last.size >= self._store.part_size:
+        if last.size >= self.part_size:
             self._send(last)
             return succeed(None)
         path = self._store.staging.segment(self.upload_id, last.offset)
@@ -399,10 +425,7 @@ class S3Upload:
         def opened(fd):
             last.fd = fd
 
-        return self._store._run(os.open, path, os.O_WRONLY).addCallback(opened)
-
-    def _number(self, segment: _Segment) -> int:
-        return len(self._parts) + self._segments.index(segment) + 1
+        return self._store.run_local(os.open, path, os.O_WRONLY).addCallback(opened)
 
     def _in_flight(self) -> int:
         return sum(1 for s in self._segments if s.sent is not None and s.etag is None)
@@ -436,7 +459,7 @@ class S3Upload:
 
     def _send(self, segment: _Segment) -> None:
         """Seal a staged file and send it as the next part."""
-        number = self._number(segment)
+        number = segment.number = segment.offset // self.part_size + 1
         if number > MAX_PARTS:
             why = f"upload {self.upload_id} needs more than {MAX_PARTS} parts: raise --s3-part-size"
             self._fail(StoreError(why))
@@ -450,7 +473,7 @@ class S3Upload:
                     os.fsync(fd)
                 os.close(fd)
 
-        d = store._run(close).addCallback(lambda _: self._multipart_id())
+        d = store.run_local(close).addCallback(lambda _: self._multipart_id())
         d.addCallback(
             lambda multipart: store.call(
                 f"cannot send part {number} of upload {self.upload_id}",
@@ -469,7 +492,7 @@ class S3Upload:
         segment.etag = etag
         while self._segments and self._segments[0].etag is not None:
             done = self._segments.pop(0)
-            self._parts.append((len(self._parts) + 1, done.etag, done.size))
+            self._parts.append((done.number, done.etag, done.size))
             self._retire(done)
         self._wake()
 
@@ -477,7 +500,9 @@ class S3Upload:
         staging = self._store.staging
 
         def retire(_):
-            return self._store._run(staging.keep_lead, self.upload_id, segment.offset, segment.size)
+            return self._store.run_local(
+                staging.keep_lead, self.upload_id, segment.offset, segment.size
+            )
 
         self._tidying = self._tidying.addCallback(retire)
         self._tidying.addErrback(
@@ -512,60 +537,70 @@ class S3Upload:
             return fail(WrongOffset(f"write at {offset}, but {self.size} bytes are stored"))
         if self._failure is not None:
             return fail(self._failure)
+        return self._append(memoryview(data))
+
+    def _append(self, view):
+        """Stage ``view`` at the end: into the filling file up to a part's
+        size (a full one is sent), the rest into a new file."""
         filling = self._segments[-1] if self._segments else None
         if filling is None or filling.sent is not None:
-            filling = _Segment(offset, 0)
-            path = self._store.staging.segment(self.upload_id, offset)
+            filling = _Segment(self.size, 0)
+            path = self._store.staging.segment(self.upload_id, self.size)
 
             def opened(fd):
                 filling.fd = fd
                 self._segments.append(filling)
-                return self._write(filling, data)
+                return self._append(view)
 
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            return self._store._run(_open_staged, path, flags, self.upload_id).addCallback(opened)
-        return self._write(filling, data)
-
-    def _write(self, segment: _Segment, data):
-        assert segment.fd is not None  # the filling segment is open
-        position, error = pwrite_all(segment.fd, data, segment.size)
+            self._new_names = True
+            d = self._store.run_local(_open_staged, path, flags, self.upload_id)
+            return d.addCallback(opened)
+        head, rest = view[: self.part_size - filling.size], view[self.part_size - filling.size :]
+        assert filling.fd is not None  # the filling file is open
+        position, error = pwrite_all(filling.fd, head, filling.size)
         if error is not None:
-            fd, at = segment.fd, segment.size
+            fd, at = filling.fd, filling.size
 
             def cut_back():  # what is staged ends at a chunk the browser was told of
                 os.ftruncate(fd, at)
                 raise storage_error(error, f"cannot stage upload {self.upload_id}")
 
-            return self._store._run(cut_back)
-        segment.size = position
-        self.size += len(data)
-        if segment.size >= self._store.part_size:
-            self._send(segment)
-            if self._in_flight() >= self._store.parts_in_flight and self._failure is None:
-                self._room = Deferred()
-                return self._room
+            return self._store.run_local(cut_back)
+        filling.size = position
+        self.size += len(head)
+        if filling.size >= self.part_size:
+            self._send(filling)
+        if rest:
+            return self._append(rest)
         if self._failure is not None:
             return fail(self._failure)
+        if self._in_flight() >= self._store.parts_in_flight:
+            self._room = Deferred()
+            return self._room
         return succeed(self.size)
 
     def sync(self):
         filling = self._segments[-1] if self._segments else None
         fd = filling.fd if filling is not None else None
-        first, self._synced = not self._synced, True
+        names, self._new_names = self._new_names, False
+        self._synced = True
         staging = self._store.staging
 
         def blocking():
             if fd is not None:
                 os.fsync(fd)
-            if first:
+            if names:  # a staged file made since the last sync: its name too
                 staging.sync_names(self.upload_id)
 
-        return self._store._run(_as_store_error, blocking, f"cannot sync upload {self.upload_id}")
+        return self._store.run_local(
+            _as_store_error, blocking, f"cannot sync upload {self.upload_id}"
+        )
 
     def read_tail(self, size: int):
         segments = [(s.offset, s.size) for s in self._segments]
         end = self.size
-        return self._store._run(
+        return self._store.run_local(
             _as_store_error,
             self._store.staging.tail,
             f"cannot read upload {self.upload_id}",
@@ -575,13 +610,22 @@ class S3Upload:
             size,
         )
 
-    @inlineCallbacks
     def finish(self, durable: bool):
+        d = self._finish(durable)
+
+        def failed(failure):  # the parts being sent settle and the file closes first
+            return self.close().addBoth(lambda _: failure)
+
+        return d.addErrback(failed)
+
+    @inlineCallbacks
+    def _finish(self, durable: bool):
         store = self._store
         if self._failure is not None:
             raise self._failure
         filling = self._segments[-1] if self._segments else None
         unstarted = self._multipart is None and self._multipart_waiters is None
+        unstarted = unstarted and all(s.sent is None for s in self._segments)
         if unstarted and not self._parts and len(self._segments) <= 1:
             yield self._close_filling()
             staged = [(s.offset, s.size) for s in self._segments]
@@ -607,7 +651,7 @@ class S3Upload:
                 self._parts,
             )
         yield self._tidying
-        yield store._run(store.staging.remove, self.upload_id)
+        yield store.run_local(store.staging.remove, self.upload_id)
         return store.location(self.upload_id)
 
     def _close_filling(self) -> Deferred:
@@ -615,7 +659,7 @@ class S3Upload:
         fd = filling.fd if filling is not None else None
         if filling is not None:
             filling.fd = None
-        return self._store._run(_close, fd)
+        return self._store.run_local(_close, fd)
 
     @inlineCallbacks
     def close(self):

@@ -29,9 +29,13 @@ from twisted.web.server import NOT_DONE_YET
 CONTENT_TYPES = {
     ".d.ts": b"application/typescript; charset=utf-8",
     ".js": b"application/javascript; charset=utf-8",
+    ".mjs": b"application/javascript; charset=utf-8",  # a module script needs a JS type
     ".html": b"text/html; charset=utf-8",
     ".css": b"text/css; charset=utf-8",
 }
+
+# The browser library's files, served at /incoming/0.1/frontend/.
+LIBRARY_FILES = ("incoming.js", "incoming.mjs", "incoming.d.ts")
 
 # A file name we look up: no folders, no dot files, no odd characters.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\Z")
@@ -125,8 +129,11 @@ class StaticFile(Resource):
 
     isLeaf = True
 
-    def __init__(self, path: Path, cache: FileCache):
+    def __init__(self, path: Path, cache: FileCache, public: bool = False):
+        """``public``: readable by scripts of any origin (CORS), for files
+        that pages import as modules from this server."""
         super().__init__()
+        self._public = public
         self._path = path
         self._type = content_type(path.name)
         self._cache = cache
@@ -154,6 +161,8 @@ class StaticFile(Resource):
             return NOT_DONE_YET
         request.setResponseCode(200)
         request.setHeader(b"content-type", self._type)
+        if self._public:  # the library: a page of any origin may import it as a module
+            request.setHeader(b"access-control-allow-origin", b"*")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if request.method == b"HEAD":
             request.setHeader(b"content-length", b"%d" % version.size)
@@ -198,8 +207,9 @@ class _NotFound(Resource):
 
 
 def library_files(frontend: Resource, cache: FileCache | None = None) -> None:
-    """Add incoming.js and incoming.d.ts to the /incoming/0.1/frontend/ folder."""
+    """Add incoming.js, its module entry incoming.mjs and incoming.d.ts to
+    the /incoming/0.1/frontend/ folder."""
     cache = cache or FileCache()
     base = frontend_dir()
-    for name in ("incoming.js", "incoming.d.ts"):
-        frontend.putChild(name.encode("ascii"), StaticFile(base / name, cache))
+    for name in LIBRARY_FILES:
+        frontend.putChild(name.encode("ascii"), StaticFile(base / name, cache, public=True))

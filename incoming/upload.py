@@ -176,6 +176,7 @@ class Upload:
         self._idle_timer: Any = None
         self._confirm_timer: Any = None
         self._forget_timer: Any = None
+        self._quiesced = False  # let go of (another server may have it): act no more
         self._seal_timer: Any = None  # sealing again, after a store that did not answer
         self._seal_failures = 0
         self._seal_failing_since: float | None = None
@@ -458,6 +459,7 @@ class Upload:
     def quiesce(self) -> Deferred:
         """Stop this object's timers and fire once its storage work and
         record writes have run: another server may take the upload then."""
+        self._quiesced = True  # nothing this object has under way may start anew
         for name in ("_idle_timer", "_confirm_timer", "_forget_timer", "_seal_timer"):
             timer = getattr(self, name)
             setattr(self, name, None)
@@ -1150,6 +1152,13 @@ class Upload:
         asked again after 1, 2, 4 ... 60 s while the idle timeout allows:
         the browser waits for its MsgAllDone as for a slow backend; any
         other failure ends the upload."""
+        if self._quiesced:  # let go meanwhile: whoever has it now seals it
+            self._log.info(
+                "upload {id}: sealing failed after it was let go: {why}",
+                id=self.ticket.id,
+                why=str(failure.value),
+            )
+            return None
         if self.state != "handing_over" or _come_back(failure) is None:
             return self._failed(failure)
         delay = min(SEAL_RETRY_MAX, 2.0**self._seal_failures)
@@ -1171,7 +1180,7 @@ class Upload:
 
     def _seal_again(self) -> None:
         self._seal_timer = None
-        if self.state == "handing_over":
+        if self.state == "handing_over" and not self._quiesced:
             self._resume_handover()
 
     def _digest_not_kept(self, failure, sha256: str) -> str:
@@ -1185,7 +1194,7 @@ class Upload:
         return sha256
 
     def _offer(self) -> None:
-        if self.state != "handing_over":  # a store failed meanwhile: cancelled
+        if self.state != "handing_over" or self._quiesced:  # cancelled, or let go meanwhile
             return
         d = hand_over(
             self._backend,

@@ -182,3 +182,110 @@ def test_a_missing_bucket_is_named_at_start(make_store, s3_target):  # noqa: F81
     missing = S3Target(bucket="no-such-bucket", endpoint=s3_target.endpoint, addressing="path")
     with pytest.raises(StoreError, match="bucket 'no-such-bucket'.*404"):
         make_store("x", missing).check()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_multipart_upload_of_the_key_never_replaces_the_one_with_the_parts(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    """A retried CreateMultipartUpload can leave an empty one beside ours,
+    older or newer: the reopen keeps ours (its parts) and aborts the other."""
+    upload_id = new_ticket_id()
+    key = s3_target.key(upload_id)
+    s3_client.create_multipart_upload(Bucket=s3_target.bucket, Key=key)  # older, empty
+    payload = os.urandom(2 * MIN_PART_SIZE + CHUNK)
+    data = await make_store().create(upload_id)
+    await write(data, payload[: MIN_PART_SIZE + CHUNK])
+    await data.close()
+    s3_client.create_multipart_upload(Bucket=s3_target.bucket, Key=key)  # newer, empty
+    for staging in ("staging", "elsewhere"):  # recorded in the staging, or by its parts
+        store = make_store(staging)
+        held, _ = await store.held(upload_id, len(payload))
+        assert held >= MIN_PART_SIZE, staging
+    assert len(multipart_uploads(s3_client, s3_target)) == 1
+    data = await make_store().reopen(upload_id)
+    assert data.size == MIN_PART_SIZE + CHUNK
+    await write(data, payload, data.size)
+    await data.finish(False)
+    assert stored(s3_client, s3_target, upload_id) == payload
+    assert multipart_uploads(s3_client, s3_target) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_just_over_a_part_is_one_multipart_object_and_nothing_else(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    """finish() right after the write that filled a part, while that part
+    is on its way: no PutObject beside an orphan multipart upload."""
+    store, upload_id = make_store(), new_ticket_id()
+    payload = os.urandom(MIN_PART_SIZE + 100)
+    data = await store.create(upload_id)
+    await data.write_at(0, payload[:MIN_PART_SIZE])
+    await data.write_at(MIN_PART_SIZE, payload[MIN_PART_SIZE:])
+    await data.finish(False)
+    assert stored(s3_client, s3_target, upload_id) == payload
+    assert multipart_uploads(s3_client, s3_target) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_part_of_another_size_is_never_joined_in_but_sent_over(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    """Another server (with another --s3-part-size) sent part 3 but not part
+    2: its part 3 begins elsewhere.  This one resumes after part 1, sends
+    parts of part 1's size, and part 3 is sent over, never joined in."""
+    upload_id = new_ticket_id()
+    key = s3_target.key(upload_id)
+    payload = os.urandom(3 * MIN_PART_SIZE + CHUNK)
+    multipart = s3_client.create_multipart_upload(Bucket=s3_target.bucket, Key=key)["UploadId"]
+    for number, body in ((1, payload[:MIN_PART_SIZE]), (3, os.urandom(MIN_PART_SIZE + 7))):
+        s3_client.upload_part(Bucket=s3_target.bucket, Key=key, UploadId=multipart,
+                              PartNumber=number, Body=body)
+    store = make_store("here")
+    assert await store.held(upload_id, len(payload)) == (MIN_PART_SIZE, False)
+    data = await store.reopen(upload_id)
+    await write(data, payload[: 2 * MIN_PART_SIZE + CHUNK], MIN_PART_SIZE)  # part 2, then staged
+    await data.close()
+    elsewhere = make_store("elsewhere")  # parts 1 and 2 of one size: trusted; 3 is not
+    assert await elsewhere.held(upload_id, len(payload)) == (2 * MIN_PART_SIZE, False)
+    data = await make_store("here").reopen(upload_id)
+    assert data.size == 2 * MIN_PART_SIZE + CHUNK
+    await write(data, payload, data.size)
+    await data.finish(False)
+    assert stored(s3_client, s3_target, upload_id) == payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunks_that_cross_a_part_boundary_are_split_so_parts_have_one_size(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    store, upload_id = make_store(), new_ticket_id()
+    payload = os.urandom(2 * MIN_PART_SIZE + 5000)
+    data = await store.create(upload_id)
+    step = 300_001  # never lands on a part boundary
+    for offset in range(0, len(payload), step):
+        await data.write_at(offset, payload[offset : offset + step])
+    await data.close()
+    listing = s3_client.list_parts(Bucket=s3_target.bucket, Key=s3_target.key(upload_id),
+                                   UploadId=s3_client.list_multipart_uploads(
+                                       Bucket=s3_target.bucket)["Uploads"][0]["UploadId"])
+    assert [p["Size"] for p in listing["Parts"]] == [MIN_PART_SIZE, MIN_PART_SIZE]
+    data = await make_store("elsewhere").reopen(upload_id)
+    assert data.size == 2 * MIN_PART_SIZE
+    await write(data, payload, data.size)
+    await data.finish(False)
+    assert stored(s3_client, s3_target, upload_id) == payload
+
+
+def test_a_tail_whose_staged_file_was_sent_meanwhile_comes_from_its_lead(tmp_path):
+    from incoming.s3_staging import Staging
+
+    staging = Staging(str(tmp_path))
+    staging.prepare()
+    staging.make("u")
+    first = os.urandom(10_000)
+    (tmp_path / "u" / "0").write_bytes(first)
+    staging.keep_lead("u", 0, len(first))  # sent: its last 4 KiB kept, the file gone
+    assert not (tmp_path / "u" / "0").exists()
+    # a reader that listed the file before it went
+    assert staging.tail("u", [(0, len(first))], len(first), 4096) == first[-4096:]

@@ -309,3 +309,11 @@ def test_a_store_that_stays_away_longer_than_the_idle_timeout_cancels(tmp_path):
     clock.advance(8)  # the next retry would end after the idle timeout
     assert upload.state == "cancelled" and backend.handovers == []
     assert [c[1] for c in channel.calls if c[0] == "fail"] == [ErrorCode.SERVER_ERROR]
+
+
+def test_an_upload_let_go_while_its_sealing_waits_never_seals_nor_hands_over(tmp_path):
+    """Another server takes it (quiesce): the retry this one had set is off."""
+    upload, backend, clock, channel = sealing_unavailable(tmp_path, times=1)
+    fired(upload.quiesce())
+    clock.advance(100)
+    assert backend.handovers == [] and upload.state == "handing_over"
