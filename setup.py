@@ -11,7 +11,7 @@ serve them (incoming.static finds them there).
 
 from setuptools import find_packages, setup
 
-FRONTEND_FILES = ["*.js", "*.d.ts", "*.html", "*.css"]
+FRONTEND_FILES = ["*.js", "*.mjs", "*.d.ts", "*.html", "*.css"]
 
 setup(
     py_modules=["twisted.plugins.incoming_plugin"],

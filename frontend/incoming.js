@@ -28,7 +28,7 @@
     if (typeof module === "object" && module && module.exports) {
         module.exports = lib;
     }
-}(typeof self !== "undefined" ? self : this, function (root) {
+}(typeof self !== "undefined" ? self : typeof globalThis !== "undefined" ? globalThis : this, function (root) {
     "use strict";
 
     var WS_PATH = "/incoming/0.1/frontend/upload_ws";
@@ -132,6 +132,7 @@
         this._retries = 0;          // consecutive failed connections
         this._retryTimer = null;
         this._cancelReason = null;  // a cancel waiting for a connection
+        this._onOnline = null;      // the page's "online" listener while started
     }
 
     Uploader.prototype.start = function () {
@@ -139,7 +140,25 @@
             return;
         }
         this._started = true;
+        this._listenOnline();
         this._connect();
+    };
+
+    // The browser says the network is back: a reconnect that waits for its
+    // backoff goes at once.
+    Uploader.prototype._listenOnline = function () {
+        var self = this;
+        if (typeof root.addEventListener !== "function") {
+            return;
+        }
+        this._onOnline = function () {
+            if (self._retryTimer !== null && !self._ended && !self.paused) {
+                self._stopRetrying();
+                self._retries = 0;
+                self._connect();
+            }
+        };
+        root.addEventListener("online", this._onOnline);
     };
 
     Uploader.prototype.pause = function (what) {
@@ -173,6 +192,9 @@
         this._update("cancelling");
         if (this.connected && this._ws && this._ws.readyState === 1) {
             this._send(this._ws, "MsgCancel", {Reason: this._cancelReason});
+        } else if (this._retryTimer !== null) {
+            this._stopRetrying();  // waiting to reconnect: go now, to deliver it
+            this._connect();
         }
         // Otherwise it is sent as soon as the (re)connection is confirmed.
     };
@@ -350,6 +372,7 @@
         this._windowMax = body.WindowBytes > 0 ? Math.max(body.WindowBytes, this._chunkSize) : 0;
         this._window = Math.min(this._windowMax, this._sendAhead * this._chunkSize);
         this._sent = [];
+        this._minRtt = Infinity;  // maybe another path now: measure afresh
         this._blocks = [];  // the server may resume anywhere: read afresh
         this.connected = true;
         this.bytes_acked = pos;
@@ -380,7 +403,11 @@
     Uploader.prototype._onServerError = function (code, text) {
         if (TRANSIENT[code]) {
             // The connection is closed by the server; onclose retries.
-            this.state_msg = text;
+            if (code === ERROR.TOO_LATE) {  // the cancel was refused: no longer waiting
+                this._cancelReason = null;
+                this.cancelling = false;
+            }
+            this._update(text);
             return;
         }
         if (code === ERROR.CANCELLED) {
@@ -600,6 +627,12 @@
         this._ended = true;
         this.cancelling = false;
         this._close();
+        this._blocks = [];  // no file data is kept alive by an ended uploader
+        this._sent = [];
+        if (this._onOnline && typeof root.removeEventListener === "function") {
+            root.removeEventListener("online", this._onOnline);
+        }
+        this._onOnline = null;
     };
 
     Uploader.prototype._becomeCancelled = function (reason) {
@@ -622,14 +655,18 @@
 
     // Recompute derived properties and flags, then tell onprogress.
     Uploader.prototype._update = function (stateMsg) {
-        var handingOver = this.bytes_acked >= this.bytes_total && this.connected;
+        var handingOver = this.bytes_acked >= this.bytes_total;  // every byte is on the server
         var active = this._started && !this._ended && !this.cancelling;
         this.state_msg = stateMsg;
         this.bytes_ahead = this.bytes_tx - this.bytes_acked;
         this.chunks_ahead = this.chunks_tx_now - this.chunks_acked_now;
         this.frac_complete = this.bytes_total === 0 ? 1 : this.bytes_acked / this.bytes_total;
-        this.can_pause = active && !this.paused && this.bytes_acked < this.bytes_total;
-        this.can_cancel = active && !this.paused && this.connected && !handingOver;
+        // Pausing stops sending: not once every byte is sent (the server may
+        // be handing the file over already).
+        this.can_pause = active && !this.paused && this.bytes_tx < this.bytes_total;
+        // A cancel while waiting to reconnect is delivered on reconnecting;
+        // api.md: not while paused, not while handing over.
+        this.can_cancel = active && !this.paused && !handingOver;
         this._call("onprogress");
     };
 

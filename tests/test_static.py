@@ -125,6 +125,19 @@ def test_type_declarations_are_served(site_client):
     assert answer.body == open(os.path.join(REPO_FRONTEND, "incoming.d.ts"), "rb").read()
 
 
+def test_the_module_entry_is_served_for_pages_of_any_origin(site_client):
+    """incoming.mjs: a JavaScript type (browsers refuse a module script of
+    another), and readable by pages of other origins (module scripts are
+    fetched with CORS), as the library files all are."""
+    answer = site_client.get(JS.replace("incoming.js", "incoming.mjs"))
+    assert answer.code == 200, answer
+    assert answer.header("content-type") == "application/javascript; charset=utf-8"
+    assert answer.body == open(os.path.join(REPO_FRONTEND, "incoming.mjs"), "rb").read()
+    assert b'import "./incoming.js"' in answer.body
+    for path in (JS, DTS, JS.replace("incoming.js", "incoming.mjs")):
+        assert site_client.get(path).header("access-control-allow-origin") == "*", path
+
+
 def test_incoming_js_revalidates_to_304(site_client):
     first = site_client.get(JS)
     again = site_client.get(JS, if_none_match=first.header("etag"))
@@ -324,6 +337,8 @@ async def test_installed_twistd_serves_incoming_js(tmp_path):
         dts = await treq.get(base + "/incoming/0.1/frontend/incoming.d.ts")
         await dts.content()
         assert dts.code == 200
+        module = await treq.get(base + "/incoming/0.1/frontend/incoming.mjs")
+        assert await module.content() == open(os.path.join(REPO_FRONTEND, "incoming.mjs"), "rb").read()
         demo = await treq.get(base + "/demo/")
         await demo.content()
         assert demo.code == 404  # --demo is off by default

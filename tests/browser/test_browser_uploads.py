@@ -450,3 +450,26 @@ def test_a_different_file_picked_again_for_a_ticket_is_refused_and_the_right_one
     page.wait_for(k, "u.finished", 30, "the right file finished")
     (call,) = backend.calls_for(ticket)
     assert_handed_over(call, ticket, "IMG_0001.CR3", sha, size, server.storage)
+
+
+def test_a_page_of_another_origin_imports_the_module_entry_and_uploads(
+        tmp_path, server, backend, open_page):
+    """incoming.mjs from the server, by a page of another origin (a module
+    script is fetched with CORS): the same API, and an upload through it."""
+    size = MiB + 5
+    path, sha = make_file(tmp_path, "module.bin", size)
+    ticket = server.new_upload(backend)
+    page = open_page()
+    names = page.evaluate("""async ([url, host]) => {
+        const m = await import(url);
+        m.set_server_hostname(host);
+        return {names: Object.keys(m).sort(), same: m.default === window.incoming,
+                uploader: typeof m.Uploader, code: m.ERROR.FILE_CHANGED};
+    }""", [server.url("/incoming/0.1/frontend/incoming.mjs"), server.host])
+    assert names == {"names": ["ERROR", "Uploader", "default", "set_server_hostname", "version"],
+                     "same": True, "uploader": "function", "code": 4}
+    (i,) = page.start([path], [ticket])  # the page's global is now the module's library
+    page.wait_for(i, "u.finished", 30, "finished")
+    assert_finished(page, i, size)
+    (call,) = backend.calls_for(ticket)
+    assert_handed_over(call, ticket, "module.bin", sha, size, server.storage)

@@ -68,7 +68,7 @@ test("while waiting to reconnect: not connected, bytes in flight dropped, state_
     assert.equal(up.bytes_acked, 2 * 1024);
     assert.equal(up.bytes_ahead, 0);
     assert.equal(up.state_msg, "connection lost; retrying in 0.4 s");
-    assert.equal(up.can_cancel, false);
+    assert.equal(up.can_cancel, true, "a cancel now is delivered on reconnecting");
     assert.equal(up.can_pause, true);
     assert.ok(events.count("onprogress") > progress, "no onprogress for the lost connection");
     assert.deepEqual(events.endings(), []);
@@ -154,4 +154,53 @@ test("pause stops the retries; unpause connects at once and the next retry is fa
     assert.equal(up.state_msg, "connecting");
     const delay = loseAndMeasure(page, 0.999999);
     assert.ok(between(delay, 250, 500), `${delay} ms after unpause`);
+});
+
+test("an online event retries at once instead of waiting for the backoff", async () => {
+    const { page, up, ws } = await started(10 * 1024);
+    ws.ack(2);
+    for (let i = 0; i < 4; i++) {  // a few failed reconnects: the backoff has grown
+        page.ws().drop(1006);
+        page.clock.runNext();
+    }
+    page.ws().drop(1006);
+    assert.ok(page.clock.pending()[0] >= 2000, page.clock.pending());
+    const before = page.sockets.length;
+    page.fire("online");
+    assert.equal(page.sockets.length, before + 1, "no reconnect at the online event");
+    assert.deepEqual(page.clock.pending(), [], "the backoff timer is still set");
+    page.ws().open();
+    page.ws().conf({ FilePos: 2 * 1024 });
+    await flush();
+    assert.equal(up.connected, true);
+    page.fire("online");  // connected: nothing to do
+    assert.equal(page.sockets.length, before + 1);
+});
+
+test("an ended uploader stops listening for online events", async () => {
+    const { page, up, ws } = await started(1024);
+    assert.equal(page.listeners("online").length, 1);
+    await flush();
+    ws.ack(1);
+    ws.deliver("MsgAllDone", { Success: true });
+    assert.equal(up.finished, true);
+    assert.equal(page.listeners("online").length, 0);
+});
+
+test("a cancel while waiting to reconnect reconnects at once to deliver it", async () => {
+    const { page, up, ws } = await started(10 * 1024);
+    ws.ack(2);
+    ws.drop(1006);
+    assert.equal(up.can_cancel, true);
+    const before = page.sockets.length;
+    up.cancel("no longer needed");
+    assert.equal(up.cancelling, true);
+    assert.equal(page.sockets.length, before + 1);
+    assert.deepEqual(page.clock.pending(), []);
+    page.ws().open();
+    page.ws().conf({ FilePos: 2 * 1024 });
+    await flush();
+    assert.deepEqual(page.ws().messages().map((m) => m.MsgType), ["MsgUploadReq", "MsgAck", "MsgCancel"]);
+    page.ws().deliver("MsgCancelAck", { Ack: true });
+    assert.equal(up.cancelled, true);
 });

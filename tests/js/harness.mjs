@@ -329,6 +329,7 @@ export class FakeWebSocket {
  *   errors    what the library logged with console.error
  *   digests   the promises crypto.subtle.digest returned, in order
  *   ws()      the newest socket
+ *   fire(t)   the browser fires event t (e.g. "online") at the page; listeners(t)
  *   settle()  lets the file reads and digests under way finish
  * `crypto` is the page's crypto: Node's WebCrypto unless given; {} is what a
  * plain-http page has (no crypto.subtle), null none at all.
@@ -352,7 +353,13 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
     const Socket = WebSocketClass || class extends FakeWebSocket {
         constructor(url) { super(url, sockets, clock); }
     };
+    const listeners = [];  // [type, handler] added with the page's addEventListener
     const sandbox = {
+        addEventListener(type, handler) { listeners.push([type, handler]); },
+        removeEventListener(type, handler) {
+            const at = listeners.findIndex(([t, h]) => t === type && h === handler);
+            if (at >= 0) listeners.splice(at, 1);
+        },
         WebSocket: Socket,
         FileReader,
         location,
@@ -382,6 +389,10 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
         digests,
         context,
         ws() { return sockets[sockets.length - 1]; },
+        /** The page's listeners of an event type (e.g. "online"). */
+        listeners(type) { return listeners.filter(([t]) => t === type).map(([, h]) => h); },
+        /** The browser fires an event at the page (window). */
+        fire(type) { for (const handler of this.listeners(type)) handler({ type }); },
         async settle() {
             await flush();
             let seen = 0;

@@ -81,7 +81,7 @@ test("start() connects once and sends MsgUploadReq with the ticket, size, name, 
     assert.equal(page.sockets.length, 1);
     assert.equal(up.state_msg, "connecting");
     assert.equal(up.connected, false);
-    assert.equal(up.can_cancel, false);
+    assert.equal(up.can_cancel, true, "a cancel now is sent once the server confirms");
     assert.equal(up.can_pause, true);
     assert.equal(events.count("onprogress"), 1);
     const ws = page.ws();
@@ -358,12 +358,27 @@ test("cancel: MsgCancel with the reason, cancelling until MsgCancelAck, then can
     assert.equal(page.sockets.length, 1);
 });
 
-test("cancel does nothing unless can_cancel: not while connecting, not while handing over", async () => {
+test("a cancel while connecting is sent once the server confirms the upload, before any chunk", async () => {
     const page = load();
     const up = new page.incoming.Uploader("t", makeFile(4 * KiB));
     up.start();
     up.cancel("while connecting");
-    assert.equal(up.cancelling, false);
+    assert.equal(up.cancelling, true);
+    assert.equal(up.can_cancel, false, "one cancel at a time");
+    const ws = page.ws();
+    ws.open();
+    ws.conf({});
+    await flush();
+    assert.deepEqual(ws.messages().map((m) => m.MsgType), ["MsgUploadReq", "MsgAck", "MsgCancel"]);
+    assert.deepEqual(ws.chunks(), []);
+    ws.deliver("MsgCancelAck", { Ack: true });
+    assert.equal(up.cancelled, true);
+});
+
+test("cancel does nothing unless can_cancel: not while handing over, not while paused", async () => {
+    const page = load();
+    const up = new page.incoming.Uploader("t", makeFile(4 * KiB));
+    up.start();
     const ws = page.ws();
     ws.open();
     ws.conf({});
@@ -372,8 +387,16 @@ test("cancel does nothing unless can_cancel: not while connecting, not while han
     up.cancel("while handing over");
     assert.equal(up.cancelling, false);
     assert.deepEqual(ws.messages("MsgCancel"), []);
-    ws.deliver("MsgAllDone", { Success: true });
-    assert.equal(up.finished, true);
+    ws.drop(1006);  // and while reconnecting with every byte on the server
+    assert.equal(up.can_cancel, false);
+    const paused = new page.incoming.Uploader("p", makeFile(64 * KiB));
+    paused.start();
+    page.ws().open();
+    page.ws().conf({});
+    paused.pause("pause");
+    assert.equal(paused.can_cancel, false);
+    paused.cancel("while paused");
+    assert.equal(paused.cancelling, false);
 });
 
 test("a cancel whose connection drops is sent again after the reconnect, and no data is sent", async () => {
@@ -571,7 +594,11 @@ test("TOO_LATE (9) after a cancel: reconnects and waits for the handover's end",
     const { page, up, ws, events } = await started(size);
     up.cancel("too slow");
     // The four chunks in flight completed the file before the cancel arrived.
+    const progress = events.count("onprogress");
     ws.deliver("MsgError", { ErrorCode: 9, Msg: "too late to cancel: the upload is being handed over" });
+    assert.equal(up.cancelling, false, "the cancel was answered: no longer waiting");
+    assert.equal(up.state_msg, "too late to cancel: the upload is being handed over");
+    assert.equal(events.count("onprogress"), progress + 1, "no onprogress for the new state_msg");
     ws.drop(1000);
     assert.equal(up.error_code, page.incoming.ERROR.NONE);
     assert.deepEqual(events.endings(), []);
@@ -625,4 +652,35 @@ test("a file that cannot be read is FILE_READ_ERROR (11), told to the server", a
     ws.drop(1000);
     page.clock.advance(10 * 60 * 1000);
     assert.equal(page.sockets.length, 1);
+});
+
+test("can_pause is false once every byte is sent, before the last ack (the handover may have begun)", async () => {
+    const size = 4 * KiB;
+    const { page, up, ws } = await started(size);  // 1 KiB chunks, 4 ahead: all sent
+    assert.equal(up.bytes_tx, size);
+    assert.equal(up.bytes_acked, 0);
+    assert.equal(up.can_pause, false);
+    up.pause("pause");
+    assert.equal(up.paused, false);
+    ws.drop(1006);  // what was in flight may be lost: pausing is possible again
+    assert.equal(up.can_pause, true);
+    page.clock.runNext();
+});
+
+test("an ended uploader keeps no file data: its read blocks are dropped", async () => {
+    for (const ending of ["MsgAllDone", "MsgCancel", "MsgError"]) {
+        const page = load();
+        const up = new page.incoming.Uploader("t", makeFile(4 * MiB));
+        up.start();
+        const ws = page.ws();
+        ws.open();
+        ws.conf({ FilePos: 0, ChunkSizeKB: 512, SendAhead: 4 });
+        await flush();
+        assert.ok(up._blocks.length > 0, "a block read");
+        ws.deliver(ending, ending === "MsgError" ? { ErrorCode: 8, Msg: "x" } : { Reason: "r" });
+        assert.ok(up.finished || up.cancelled || up.error_code === 8, ending);
+        assert.equal(up._blocks.length, 0, `${ending}: the file's blocks are still held`);
+        await flush();
+        assert.equal(up._blocks.length, 0, `${ending}: a read under way kept its block`);
+    }
 });

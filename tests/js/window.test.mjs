@@ -45,6 +45,19 @@ async function rounds(page, ws, rtt, count) {
     return after;
 }
 
+/** The connection drops; the retry resumes at what was acked, 1 KiB chunks,
+ * SendAhead 4, WindowBytes 64 KiB. */
+async function reconnect(page, ws) {
+    const acked = ws.bytesSent() - ws.bytesInFlight();
+    ws.drop(1006);
+    page.clock.runNext();
+    const ws2 = page.ws();
+    ws2.open();
+    ws2.conf({ FilePos: acked, ChunkSizeKB: 1, SendAhead: 4, WindowBytes: 64 * KiB });
+    await flush();
+    return { ws2, acked };
+}
+
 test("the upload request announces the byte-window, takeover and fingerprint features", async () => {
     const { ws } = await started(KiB);
     assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint"]);
@@ -165,13 +178,19 @@ test("byte window: a reconnect starts again at SendAhead chunks", async () => {
     });
     await rounds(page, ws, 10, 4);
     assert.equal(ws.bytesInFlight(), 64 * KiB);
-    const acked = ws.bytesSent() - ws.bytesInFlight();
-    ws.drop(1006);
-    page.clock.runNext();
-    const ws2 = page.ws();
-    ws2.open();
-    ws2.conf({ FilePos: acked, ChunkSizeKB: 1, SendAhead: 4, WindowBytes: 64 * KiB });
-    await flush();
+    const { ws2, acked } = await reconnect(page, ws);
     assert.equal(ws2.bytesInFlight(), 4 * KiB);
     assert.deepEqual(ws2.chunks()[0], expectedBytes(acked, acked + KiB));
+});
+
+test("byte window: after a reconnect the shortest round trip is measured afresh (a new path)", async () => {
+    const { page, ws } = await started(4 * MiB, {
+        FilePos: 0, ChunkSizeKB: 1, SendAhead: 4, WindowBytes: 64 * KiB,
+    });
+    await rounds(page, ws, 2, 3);  // a 2 ms path
+    const { ws2 } = await reconnect(page, ws);
+    // The new path takes 60 ms; measured against the old 2 ms it would look
+    // congested and pin the window to its floor.  It doubles instead.
+    const after = await rounds(page, ws2, 60, 4);
+    assert.deepEqual(after.map((b) => b / KiB), [8, 16, 32, 64]);
 });
