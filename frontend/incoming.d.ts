@@ -49,6 +49,39 @@ declare namespace incoming {
      */
     function set_server_hostname(hostname: string): void;
 
+    /** A note of an unfinished upload, kept by `remember`. */
+    interface UnfinishedUpload {
+        /** The upload ticket. */
+        readonly ticket: string;
+        /** The file's size in bytes. */
+        readonly size: number;
+        /** The file's `lastModified` (ms), if it had one. */
+        readonly modified?: number;
+        /** When the upload last made progress (ms since the epoch). */
+        readonly time: number;
+        /** When the server gives the ticket up (its idle timeout after `time`). */
+        readonly expires: number;
+        /** The file's name, if `remember` was asked to keep it. */
+        readonly name?: string;
+    }
+
+    /**
+     * Keeps a note of the uploader's upload in localStorage until it ends,
+     * so that after a page reload `find` tells which ticket a re-picked file
+     * belongs to. Resolves to true if the note is stored (false: no usable
+     * localStorage; the upload goes on regardless).
+     */
+    function remember(uploader: Uploader, options?: { name?: boolean }): Promise<boolean>;
+
+    /** The notes of unfinished uploads that have not expired, newest first. */
+    function unfinished(): UnfinishedUpload[];
+
+    /** The note of an unfinished upload of this very file (size, date, first bytes), or null. */
+    function find(file: Blob): Promise<UnfinishedUpload | null>;
+
+    /** Removes the note of a ticket. */
+    function forget(ticket: string): void;
+
     type UploaderCallback = (uploader: Uploader) => void;
 
     /** Uploads one file with one upload ticket. Works with or without `new`. */

@@ -61,7 +61,7 @@
     TRANSIENT[ERROR.STORE_UNAVAILABLE] = true;  // its Redis is away; it keeps what it has
 
     // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
-    var FEATURES = ["byte-window", "takeover", "fingerprint"];
+    var FEATURES = ["byte-window", "takeover", "fingerprint", "idle-timeout"];
     var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
     var MAX_SAMPLE = 64 * 1024;  // most bytes a MsgUploadConf Sample may ask for
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
@@ -133,6 +133,8 @@
         this._retryTimer = null;
         this._cancelReason = null;  // a cancel waiting for a connection
         this._onOnline = null;      // the page's "online" listener while started
+        this._remembered = false;   // incoming.remember() keeps a note of it
+        this._idleTimeoutS = DEFAULT_IDLE_TIMEOUT_S;  // the server's, once it says
     }
 
     Uploader.prototype.start = function () {
@@ -263,6 +265,7 @@
     };
 
     Uploader.prototype._disconnected = function (message) {
+        this._touchNote();  // the server's idle timeout counts from the last progress
         this.connected = false;
         this.bytes_tx = this.bytes_acked;  // what is in flight may be lost
         this._update(message);
@@ -307,6 +310,7 @@
             this._onChunkAck(ws, body);
             break;
         case "MsgAllDone":
+            this._forgetNote();
             this._close();
             this._end();
             this.finished = true;
@@ -371,6 +375,10 @@
         this._sendAhead = body.SendAhead;
         this._windowMax = body.WindowBytes > 0 ? Math.max(body.WindowBytes, this._chunkSize) : 0;
         this._window = Math.min(this._windowMax, this._sendAhead * this._chunkSize);
+        if (body.IdleTimeoutS > 0) {
+            this._idleTimeoutS = body.IdleTimeoutS;
+        }
+        this._touchNote();
         this._sent = [];
         this._minRtt = Infinity;  // maybe another path now: measure afresh
         this._blocks = [];  // the server may resume anywhere: read afresh
@@ -621,6 +629,192 @@
         return out;
     }
 
+    // ---- notes of unfinished uploads (resume after a page reload) ---------------
+
+    // A small record per unfinished upload in localStorage, kept by
+    // incoming.remember(uploader): the ticket, the file's size and
+    // lastModified, a digest of its first bytes, when it last made progress
+    // and when the server will give the ticket up (its idle timeout); its
+    // name only if asked. After a reload incoming.find(file) says which
+    // ticket a re-picked file belongs to. Notes end with their upload, expire
+    // with the server's idle timeout, stay under NOTES_BUDGET bytes (the
+    // oldest go first), and a full or missing localStorage never disturbs an
+    // upload: it only means no note.
+    var NOTES_KEY = "incoming.unfinished";
+    var NOTES_BUDGET = 16 * 1024;  // bytes of JSON at most
+    var HEAD_BYTES = 64 * 1024;  // of the file, digested to recognise it
+    var DEFAULT_IDLE_TIMEOUT_S = 12 * 3600;  // the 0.1 default, until the server says
+    // Errors after which the ticket is still good (for the right file, or later).
+    var KEEPS_TICKET = {};
+    KEEPS_TICKET[ERROR.FILE_CHANGED] = true;
+    KEEPS_TICKET[ERROR.FILE_READ_ERROR] = true;
+
+    function notesStorage() {
+        try {
+            return root.localStorage || null;  // a getter that throws where storage is off
+        } catch (e) {
+            return null;
+        }
+    }
+
+    // The notes that have not expired, newest first.
+    function readNotes() {
+        var storage = notesStorage();
+        var notes;
+        try {
+            notes = storage ? JSON.parse(storage.getItem(NOTES_KEY) || "[]") : [];
+        } catch (e) {
+            notes = [];
+        }
+        if (!Array.isArray(notes)) {
+            return [];
+        }
+        var t = Date.now();
+        return notes.filter(function (n) {
+            return n && typeof n.ticket === "string" && typeof n.size === "number" &&
+                typeof n.expires === "number" && n.expires > t;
+        }).sort(function (a, b) { return b.time - a.time; });
+    }
+
+    // Store `notes` (newest first), dropping the oldest beyond the budget;
+    // a storage that refuses even one note is left as it is.
+    function writeNotes(notes) {
+        var storage = notesStorage();
+        if (!storage) {
+            return false;
+        }
+        var kept = notes.slice();
+        for (;;) {
+            var text = JSON.stringify(kept);
+            if (text.length <= NOTES_BUDGET || kept.length <= 1) {
+                try {
+                    if (kept.length) {
+                        storage.setItem(NOTES_KEY, text);
+                    } else {
+                        storage.removeItem(NOTES_KEY);
+                    }
+                    return true;
+                } catch (e) {  // QuotaExceededError: try with fewer
+                    if (kept.length <= 1) {
+                        return false;
+                    }
+                }
+            }
+            kept.pop();
+        }
+    }
+
+    function changeNotes(ticket, change) {
+        var all = readNotes();
+        var notes = all.filter(function (n) { return n.ticket !== ticket; });
+        var note = change(all.filter(function (n) { return n.ticket === ticket; })[0] || null);
+        if (note) {
+            notes.unshift(note);
+        }
+        return writeNotes(notes);
+    }
+
+    // The hex SHA-256 (first 32 digits) of the file's first bytes, to done(hex or null).
+    function headDigest(file, done) {
+        readSlice(file.slice(0, Math.min(file.size, HEAD_BYTES)), function (error, buffer) {
+            if (error) {
+                done(null);
+                return;
+            }
+            Uploader.prototype._digestHex(buffer, function (digest) { done(digest.slice(0, 32)); });
+        });
+    }
+
+    function promise(executor) {
+        return typeof root.Promise === "function" ? new root.Promise(executor) : null;
+    }
+
+    // Keep a note of `uploader` (started or not) until it ends; with
+    // {name: true} the file's name too. Fires with true if the note is stored.
+    function remember(uploader, options) {
+        var file = uploader._file;
+        var withName = !!(options && options.name);
+        uploader._remembered = true;
+        return promise(function (resolve) {
+            headDigest(file, function (head) {
+                if (!uploader._remembered || head === null) {
+                    resolve(false);  // ended meanwhile, or unreadable
+                    return;
+                }
+                resolve(changeNotes(uploader.upload_id, function () {
+                    var note = {ticket: uploader.upload_id, size: file.size, head: head,
+                                time: Date.now(), expires: Date.now() + uploader._idleTimeoutS * 1000};
+                    if (typeof file.lastModified === "number") {
+                        note.modified = Math.floor(file.lastModified);
+                    }
+                    if (withName) {
+                        note.name = String(file.name);
+                    }
+                    return note;
+                }));
+            });
+        });
+    }
+
+    // The notes of unfinished uploads that have not expired, newest first:
+    // {ticket, size, modified, time, expires, name (if kept)}.
+    function unfinished() {
+        return readNotes().map(function (n) {
+            var copy = {ticket: n.ticket, size: n.size, modified: n.modified,
+                        time: n.time, expires: n.expires};
+            if (typeof n.name === "string") {
+                copy.name = n.name;
+            }
+            return copy;
+        });
+    }
+
+    // Fires with the note ({ticket, ...}) of an unfinished upload of this
+    // very file (same size, date and first bytes), or null.
+    function find(file) {
+        return promise(function (resolve) {
+            var candidates = readNotes().filter(function (n) {
+                return n.size === file.size &&
+                    (n.modified === undefined || n.modified === Math.floor(file.lastModified));
+            });
+            if (!candidates.length) {
+                resolve(null);
+                return;
+            }
+            headDigest(file, function (head) {
+                var match = candidates.filter(function (n) { return n.head === head; })[0];
+                resolve(match ? unfinished().filter(function (n) { return n.ticket === match.ticket; })[0] : null);
+            });
+        });
+    }
+
+    // Remove the note of a ticket (the app gave it up).
+    function forget(ticket) {
+        changeNotes(ticket, function () { return null; });
+    }
+
+    Uploader.prototype._touchNote = function () {
+        var self = this;
+        if (!this._remembered) {
+            return;
+        }
+        changeNotes(this.upload_id, function (old) {
+            if (!old) {
+                return null;  // not stored yet (its digest is being made), or dropped
+            }
+            old.time = Date.now();
+            old.expires = old.time + self._idleTimeoutS * 1000;
+            return old;
+        });
+    };
+
+    Uploader.prototype._forgetNote = function () {
+        if (this._remembered) {
+            this._remembered = false;
+            forget(this.upload_id);
+        }
+    };
+
     // ---- endings -------------------------------------------------------------
 
     Uploader.prototype._end = function () {
@@ -636,6 +830,7 @@
     };
 
     Uploader.prototype._becomeCancelled = function (reason) {
+        this._forgetNote();
         this._end();
         this.cancelled = true;
         this.cancel_msg = reason;
@@ -644,6 +839,9 @@
     };
 
     Uploader.prototype._fail = function (code, text) {
+        if (!KEEPS_TICKET[code]) {
+            this._forgetNote();  // the ticket is of no use any more
+        }
         this._end();
         this.error_code = code;
         this.error_msg = text;
@@ -688,6 +886,10 @@
         set_server_hostname: set_server_hostname,
         Uploader: Uploader,
         ERROR: ERROR,
+        remember: remember,
+        unfinished: unfinished,
+        find: find,
+        forget: forget,
         version: "0.2"
     };
 }));

@@ -12,4 +12,5 @@ import "./incoming.js";
 const incoming = globalThis.incoming;
 
 export default incoming;
-export const { Uploader, ERROR, set_server_hostname, version } = incoming;
+export const { Uploader, ERROR, set_server_hostname, version, remember, unfinished, find, forget } =
+    incoming;

@@ -73,6 +73,12 @@ change of meaning is used only with a client that announced it in
                  before.  A digest that differs from the stored bytes' is
                  ErrorCode 4 (nothing is appended; the upload keeps its bytes).
                  Without the feature, sizes alone are compared, as in 0.1.
+  "idle-timeout" MsgUploadConf carries ``IdleTimeoutS``: the server's idle
+                 timeout (seconds without progress before it cancels the
+                 upload), so that a client that keeps a note of its
+                 unfinished uploads (to resume after a page reload) knows
+                 when the ticket is gone.  Without the feature a client
+                 gets exactly the 0.1 MsgUploadConf.
 """
 
 import json
@@ -142,6 +148,7 @@ def parse_message(payload: bytes) -> tuple[str, dict]:
 BYTE_WINDOW = "byte-window"
 TAKEOVER = "takeover"
 FINGERPRINT = "fingerprint"
+IDLE_TIMEOUT = "idle-timeout"
 
 # Bytes just before FilePos that a "fingerprint" client digests on a resume.
 SAMPLE_BYTES = 4096
@@ -203,10 +210,14 @@ def msg_upload_conf(
     send_ahead: int,
     window_bytes: int | None = None,
     sample: tuple[int, int] | None = None,
+    idle_timeout: float | None = None,
 ) -> bytes:
     data: dict = {"ChunkSizeKB": chunk_size_kb, "FilePos": file_pos, "SendAhead": send_ahead}
     if window_bytes is not None:
         data["WindowBytes"] = window_bytes
+    if idle_timeout is not None:  # whole seconds as an integer, as the other fields
+        whole = int(idle_timeout)
+        data["IdleTimeoutS"] = whole if whole == idle_timeout else idle_timeout
     if sample is not None:
         data["Sample"] = {"Offset": sample[0], "Length": sample[1]}
     return _encode("MsgUploadConf", data)

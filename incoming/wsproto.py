@@ -65,6 +65,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._pong_waiters: list[Deferred] = []  # probes waiting for a pong
         self._echo_expected = False  # we sent MsgCancel; a 0.1 page echoes it
         self._window_bytes = None  # set for a client that announced byte-window
+        self._idle_timeout = None  # set for a client that announced idle-timeout
         self.features: frozenset = frozenset()  # what its MsgUploadReq announced
         self._finding: list | None = None  # messages held while the upload is looked up
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
@@ -127,6 +128,8 @@ class UploadProtocol(WebSocketServerProtocol):
         features = self.features = wire.requested_features(data)
         if wire.BYTE_WINDOW in features:
             self._window_bytes = self.factory.settings.window
+        if wire.IDLE_TIMEOUT in features:
+            self._idle_timeout = self.factory.settings.idle_timeout
         self._cancel_deadline()
         self._finding = []
         d = self.factory.registry.find(upload_id)
@@ -246,7 +249,9 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def send_conf(self, chunk_size_kb, file_pos, send_ahead, sample=None):
         self._send_message(
-            wire.msg_upload_conf(chunk_size_kb, file_pos, send_ahead, self._window_bytes, sample)
+            wire.msg_upload_conf(
+                chunk_size_kb, file_pos, send_ahead, self._window_bytes, sample, self._idle_timeout
+            )
         )
 
     def send_chunk_ack(self, size):

@@ -431,6 +431,11 @@ async def test_byte_window_client_gets_a_window_and_may_fill_it(tmp_path):
                         "WindowBytes": 1024 * 1024}
         assert outcome.last()[0] == "MsgAllDone"
         assert server.backend.calls[0]["sha256"] == sha256(data)
+        # a client that announces idle-timeout learns the server's
+        told = await server.new_upload()
+        outcome = await upload(server.port, told, data=b"x" * 100, features=["idle-timeout"])
+        assert outcome.first("MsgUploadConf") == {"ChunkSizeKB": 64, "FilePos": 0, "SendAhead": 4,
+                                                  "IdleTimeoutS": 43200}  # the 0.1 default: 12 h
         # a 0.1 client on the same server still gets the 0.1 answer
         old = await server.new_upload()
         outcome = await upload(server.port, old, data=b"x" * 100)

@@ -115,14 +115,24 @@
         };
     }
 
+    // A file picked again after a reload goes on with its ticket (a note
+    // incoming.remember kept); any other gets a new ticket.
+    function ticketFor(file) {
+        return window.incoming.find(file).then(function (note) {
+            return note ? note.ticket : fetchTicket();
+        });
+    }
+
     UploadRow.prototype.start = function () {
         var self = this;
-        fetchTicket().then(function (ticket) {
+        ticketFor(self.file).then(function (ticket) {
             var up = self.uploader = new window.incoming.Uploader(ticket, self.file);
             up.onprogress = function () { self.progress(); };
-            up.onfinished = up.oncancelled = function () { pollFiles(); };
-            up.onerror = function () { pollFiles(); };
+            up.onfinished = up.oncancelled = function () { pollFiles(); showUnfinished(); };
+            up.onerror = function () { pollFiles(); showUnfinished(); };
+            window.incoming.remember(up, {name: true});  // the demo shows names in its banner
             up.start();
+            showUnfinished();
         }).catch(function (error) {
             self.stateText.textContent = "not started";
             self.showMessage("error", String(error.message || error));
@@ -265,6 +275,21 @@
         });
     }
 
+    // Uploads a reload interrupted: pick the same files again to go on.
+    function showUnfinished() {
+        var running = {};
+        rows.forEach(function (row) {
+            if (row.uploader) { running[row.uploader.upload_id] = true; }
+        });
+        var waiting = window.incoming.unfinished().filter(function (n) { return !running[n.ticket]; });
+        var banner = $("resume-note");
+        banner.hidden = waiting.length === 0;
+        banner.textContent = waiting.length === 0 ? "" :
+            "Unfinished before the page was reloaded: " +
+            waiting.map(function (n) { return (n.name || "a file") + " (" + formatBytes(n.size) + ")"; })
+                .join(", ") + ". Choose the same file again to go on from where it stopped.";
+    }
+
     // ---- wiring ----------------------------------------------------------------
 
     if (!window.incoming) {
@@ -296,4 +321,7 @@
 
     pollFiles();
     setInterval(pollFiles, POLL_MS);
+    if (window.incoming) {
+        showUnfinished();
+    }
 }());

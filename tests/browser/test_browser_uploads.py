@@ -466,7 +466,8 @@ def test_a_page_of_another_origin_imports_the_module_entry_and_uploads(
         return {names: Object.keys(m).sort(), same: m.default === window.incoming,
                 uploader: typeof m.Uploader, code: m.ERROR.FILE_CHANGED};
     }""", [server.url("/incoming/0.1/frontend/incoming.mjs"), server.host])
-    assert names == {"names": ["ERROR", "Uploader", "default", "set_server_hostname", "version"],
+    assert names == {"names": ["ERROR", "Uploader", "default", "find", "forget", "remember",
+                               "set_server_hostname", "unfinished", "version"],
                      "same": True, "uploader": "function", "code": 4}
     (i,) = page.start([path], [ticket])  # the page's global is now the module's library
     page.wait_for(i, "u.finished", 30, "finished")

@@ -2,6 +2,7 @@
 cancel one, and see the backend's list with the right sha256 values."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -77,3 +78,36 @@ def test_the_demo_uploads_pauses_cancels_and_lists_what_arrived(tmp_path, browse
     leftovers = [n for n in os.listdir(demo_server.storage)  # records and the server's own
                  if not n.endswith(".json") and not n.startswith(".incoming.")]
     assert leftovers == []  # handed-over files removed, the cancelled one deleted
+
+
+def test_the_demo_goes_on_with_an_upload_after_a_reload(tmp_path, browser, demo_server):
+    """Reload in the middle, pick the same file: it goes on from where it was."""
+    big = tmp_path / "travel video.mov"
+    sha = write_test_file(big, 256 * MiB)
+    page = browser.new_page()
+    try:
+        page.goto(demo_server.url("/demo/"))
+        page.set_input_files("#files", [str(big)])
+        page.wait_for_function(
+            "() => parseFloat(document.querySelector('#uploads .percent').textContent) >= 15",
+            timeout=60_000)
+        page.reload()
+        banner = page.locator("#resume-note")
+        banner.wait_for(state="visible", timeout=10_000)
+        assert "travel video.mov" in banner.text_content()
+        page.set_input_files("#files", [str(big)])
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('#received tr')]
+                   .some(tr => tr.textContent.includes('travel video.mov')
+                               && tr.querySelector('.sha').textContent.includes("matches the server's"))""",
+            timeout=90_000)
+        assert page.locator("#resume-note").is_hidden()
+        rows = page.eval_on_selector_all("#received tr", """trs => trs.map(tr => ({
+            name: tr.querySelector('.name').textContent,
+            sha: tr.querySelector('.sha').firstChild.textContent}))""")
+        assert [r["sha"] for r in rows if r["name"] == "travel video.mov"] == [sha]
+        starts = [int(n) for n in re.findall(r"browser connected, \w+ at byte (\d+)",
+                                               demo_server.log())]
+        assert len(starts) == 2 and starts[0] == 0 and starts[1] > 0.1 * 256 * MiB, starts
+    finally:
+        page.close()

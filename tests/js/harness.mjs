@@ -115,12 +115,13 @@ export function expectedBytes(start, end) {
  *        (slices without arrayBuffer, read by the FakeFileReader)
  *   failAt: reading a slice that contains this offset fails
  *   lastModified: ms since the epoch (null: no such property, as a Blob)
+ *   byte: i => the byte at offset i, for a file of other bytes than byteAt's
  * `file.reads` records [start, end) of every read.
  */
 export const LAST_MODIFIED = 1714000000123;
 
 export function makeFile(size, { name = "test.bin", api = "arrayBuffer", failAt = null,
-                                 lastModified = LAST_MODIFIED } = {}) {
+                                 lastModified = LAST_MODIFIED, byte = null } = {}) {
     const reads = [];
     function blob(start, end) {
         const b = {
@@ -131,7 +132,8 @@ export function makeFile(size, { name = "test.bin", api = "arrayBuffer", failAt 
                 if (failAt !== null && start <= failAt && failAt < end) {
                     throw new Error("NotReadableError: the file changed");
                 }
-                const bytes = expectedBytes(start, end);
+                const bytes = byte === null ? expectedBytes(start, end)
+                    : Buffer.from(Array.from({ length: end - start }, (_, k) => byte(start + k)));
                 return bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength);
             },
             slice(from = 0, to = end - start) {
@@ -180,6 +182,37 @@ class FakeFileReader {
             if (this.onload) this.onload({ target: this });
         });
     }
+}
+
+// ---- localStorage -----------------------------------------------------------------
+
+/** The page's localStorage; `quota` characters at most (keys and values),
+ * beyond which setItem throws as a full browser storage does. */
+export class FakeStorage {
+    constructor(quota = 5 * 1024 * 1024) {
+        this.quota = quota;
+        this.items = new Map();
+        this.writes = 0;
+    }
+
+    getItem(key) { return this.items.has(key) ? this.items.get(key) : null; }
+
+    setItem(key, value) {
+        const text = String(value);
+        let used = key.length + text.length;
+        for (const [k, v] of this.items) {
+            if (k !== key) used += k.length + v.length;
+        }
+        if (used > this.quota) {
+            const error = new Error("QuotaExceededError: the quota has been exceeded");
+            error.name = "QuotaExceededError";
+            throw error;
+        }
+        this.items.set(key, text);
+        this.writes += 1;
+    }
+
+    removeItem(key) { this.items.delete(key); }
 }
 
 // ---- the WebSocket ---------------------------------------------------------------
@@ -253,10 +286,11 @@ export class FakeWebSocket {
     }
 
     /** MsgUploadConf with the 0.1 defaults unless given. */
-    conf({ FilePos = 0, ChunkSizeKB = 1, SendAhead = 4, WindowBytes, Sample } = {}) {
+    conf({ FilePos = 0, ChunkSizeKB = 1, SendAhead = 4, WindowBytes, Sample, IdleTimeoutS } = {}) {
         const data = { ChunkSizeKB, FilePos, SendAhead };
         if (WindowBytes !== undefined) data.WindowBytes = WindowBytes;
         if (Sample !== undefined) data.Sample = Sample;
+        if (IdleTimeoutS !== undefined) data.IdleTimeoutS = IdleTimeoutS;
         this.deliver("MsgUploadConf", data);
     }
 
@@ -332,10 +366,12 @@ export class FakeWebSocket {
  *   fire(t)   the browser fires event t (e.g. "online") at the page; listeners(t)
  *   settle()  lets the file reads and digests under way finish
  * `crypto` is the page's crypto: Node's WebCrypto unless given; {} is what a
- * plain-http page has (no crypto.subtle), null none at all.
+ * plain-http page has (no crypto.subtle), null none at all. `localStorage`:
+ * a FakeStorage by default, null none, "throws" one whose access throws.
  */
 export function load({ location = { protocol: "http:", host: "page.example:8080" },
-                       FileReader = FakeFileReader, WebSocketClass = null, crypto = webcrypto } = {}) {
+                       FileReader = FakeFileReader, WebSocketClass = null, crypto = webcrypto,
+                       localStorage = new FakeStorage() } = {}) {
     const digests = [];
     const pageCrypto = crypto && {
         subtle: crypto.subtle && {
@@ -367,8 +403,14 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
         clearTimeout: clock.clearTimeout,
         performance: { now: () => clock.now },
         crypto: pageCrypto || undefined,
+        localStorage: localStorage === "throws" ? undefined : localStorage || undefined,
         console: { error: (...args) => errors.push(args), log() {}, warn() {} },
     };
+    if (localStorage === "throws") {  // storage switched off: reading the property throws
+        Object.defineProperty(sandbox, "localStorage", {
+            get() { throw new Error("SecurityError: access is denied for this document"); },
+        });
+    }
     const context = vm.createContext(sandbox);
     vm.runInContext("var self = this;", context);
     // Date.now and Math.random of the page, under the test's control.
@@ -388,6 +430,7 @@ export function load({ location = { protocol: "http:", host: "page.example:8080"
         errors,
         digests,
         context,
+        localStorage,
         ws() { return sockets[sockets.length - 1]; },
         /** The page's listeners of an event type (e.g. "online"). */
         listeners(type) { return listeners.filter(([t]) => t === type).map(([, h]) => h); },

@@ -42,7 +42,10 @@ test("import of incoming.mjs gives the API of the classic script, default and by
     assert.equal(mod.ERROR.STORE_UNAVAILABLE, 12);
     assert.equal(mod.set_server_hostname, lib.set_server_hostname);
     assert.equal(mod.version, lib.version);
-    assert.deepEqual(Object.keys(mod).sort(), ["ERROR", "Uploader", "default", "set_server_hostname", "version"]);
+    assert.deepEqual(Object.keys(mod).sort(), [
+        "ERROR", "Uploader", "default", "find", "forget", "remember", "set_server_hostname",
+        "unfinished", "version"]);
+    assert.equal(mod.remember, lib.remember);
     const up = new mod.Uploader("t", { name: "a", size: 3, slice() {}, lastModified: 1 });
     assert.equal(up.bytes_total, 3);
     assert.equal(up.state_msg, "not started");

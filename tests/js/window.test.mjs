@@ -58,9 +58,9 @@ async function reconnect(page, ws) {
     return { ws2, acked };
 }
 
-test("the upload request announces the byte-window, takeover and fingerprint features", async () => {
+test("the upload request announces the byte-window, takeover, fingerprint and idle-timeout features", async () => {
     const { ws } = await started(KiB);
-    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint"]);
+    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint", "idle-timeout"]);
 });
 
 test("0.1 server (no WindowBytes): never more than SendAhead chunks unacknowledged", async () => {
