@@ -1,0 +1,82 @@
+"""The browser benchmark: one file from disk, in the same Chromium and the
+same run, sent by a bare loop of WebSocket sends to a sink that throws it
+away (tests/browser/sink.py: what the page can send at most), and uploaded
+by incoming.js to the server.  Prints both MB/s and the ratio; asserts
+only that every byte arrived (timing belongs to the figures, not to a
+test).  INCOMING_BROWSER_BENCH_MIB sets the size (64 MiB by default)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .harness import MiB, free_port, write_test_file
+from .test_browser_uploads import assert_finished, assert_handed_over
+
+# The page's side of the sink: read the file in 8 MiB blocks (as incoming.js
+# does), send 512 KiB messages (the server's default chunk), keep at most
+# 32 MiB buffered (incoming.js's default window), then ask for the count.
+BARE_SEND = """async ([url, chunk]) => {
+    const file = document.getElementById('files').files[0];
+    const ws = new WebSocket(url);
+    ws.binaryType = 'arraybuffer';
+    await new Promise((resolve, reject) => { ws.onopen = resolve; ws.onerror = reject; });
+    const started = performance.now();
+    const drained = () => new Promise((resolve) => {
+        const check = () => ws.bufferedAmount <= 32 * 1024 * 1024 ? resolve() : setTimeout(check, 1);
+        check();
+    });
+    for (let at = 0; at < file.size; at += 8 * 1024 * 1024) {
+        const block = await file.slice(at, at + 8 * 1024 * 1024).arrayBuffer();
+        for (let i = 0; i < block.byteLength; i += chunk) {
+            await drained();
+            ws.send(new Uint8Array(block, i, Math.min(chunk, block.byteLength - i)));
+        }
+    }
+    const count = await new Promise((resolve) => {
+        ws.onmessage = (e) => resolve(Number(e.data));
+        ws.send('count');
+    });
+    const seconds = (performance.now() - started) / 1000;
+    ws.close();
+    return {count, seconds};
+}"""
+
+
+def start_sink(port: int) -> subprocess.Popen:
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("sink.py")), str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    return sink
+
+
+def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, open_page):
+    mib = int(os.environ.get("INCOMING_BROWSER_BENCH_MIB", "64"))
+    size = mib * MiB
+    path = tmp_path / "bench.bin"
+    sha = write_test_file(path, size)
+    port = free_port()
+    sink = start_sink(port)
+    try:
+        page = open_page()
+        page.page.set_input_files("#files", [str(path)])
+        bare = page.evaluate(BARE_SEND, [f"ws://127.0.0.1:{port}/", 512 * 1024])
+        assert bare["count"] == size, bare
+        ticket = server.new_upload(backend)
+        (i,) = page.start([path], [ticket])
+        page.wait_for(i, "u.finished", max(90, mib), "finished")
+        rec = assert_finished(page, i, size)
+        ours = (rec["finished"][0]["t"] - rec["started"]) / 1000
+        (call,) = backend.calls_for(ticket)
+        assert_handed_over(call, ticket, "bench.bin", sha, size, server.storage)
+    finally:
+        sink.terminate()
+        sink.wait(10)
+        path.unlink()
+    sink_mbps, ours_mbps = size / bare["seconds"] / 1e6, size / ours / 1e6
+    print(f"\n{mib} MiB from Chromium: bare WebSocket sink {sink_mbps:.1f} MB/s, "
+          f"incoming.js {ours_mbps:.1f} MB/s ({ours_mbps / sink_mbps:.2f}x); "
+          f"measured at {time.strftime('%H:%M:%S')}")
