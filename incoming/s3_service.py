@@ -7,8 +7,9 @@ bucket it cannot use) and answers for it in /health.
 from __future__ import annotations
 
 import os
+import time
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 
 from .config import describe
 from .guards import GuardRefused
@@ -21,6 +22,9 @@ from .storage_pool import StoragePool
 S3_THREADS = 16
 # The staging folder, inside the storage folder (its name is one of ours).
 STAGING_NAME = ".incoming.s3"
+# /health asks the bucket at most this often (a load balancer asks every
+# few seconds; HeadBucket is a billed request on AWS).
+HEALTH_SECONDS = 10.0
 
 
 def s3_target(settings) -> S3Target:
@@ -53,9 +57,11 @@ def s3_destination(settings, reactor, run_local) -> tuple[S3Store, S3Guard]:
 class S3Guard:
     """Start: the S3 threads, and the bucket answers.  Stop: the threads."""
 
-    def __init__(self, store: S3Store, pool: StoragePool):
+    def __init__(self, store: S3Store, pool: StoragePool, monotonic=time.monotonic):
         self._store = store
         self._pool = pool
+        self._monotonic = monotonic
+        self._health: tuple[float, _Shared] | None = None  # (asked at, its answer)
 
     def start(self):
         self._pool.startService()
@@ -74,6 +80,36 @@ class S3Guard:
         return maybeDeferred(self._pool.stopService)
 
     def health(self):
-        """Fire with None if the bucket answers, else what is wrong."""
-        d = self._pool.run(self._store.check).addCallback(lambda _: None)
-        return d.addErrback(lambda f: f"S3 {self._store.target.describe()}: {f.value}")
+        """Fire with None if the bucket answers, else what is wrong; the
+        answer of a check up to HEALTH_SECONDS old (or under way) is reused."""
+        now = self._monotonic()
+        if self._health is None or now - self._health[0] >= HEALTH_SECONDS:
+            d = self._pool.run(self._store.check).addCallback(lambda _: None)
+            d.addErrback(lambda f: f"S3 {self._store.target.describe()}: {f.value}")
+            self._health = (now, _Shared(d))
+        return self._health[1].get()
+
+
+class _Shared:
+    """One Deferred's result for several callers (each gets a Deferred)."""
+
+    def __init__(self, d: Deferred):
+        self._result: object = _PENDING
+        self._waiting: list[Deferred] = []
+        d.addCallback(self._fired)
+
+    def _fired(self, result):
+        self._result = result
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(result)
+
+    def get(self) -> Deferred:
+        if self._result is not _PENDING:
+            return succeed(self._result)
+        waiter: Deferred = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+
+_PENDING = object()
