@@ -121,6 +121,11 @@ def s3_error(error: BaseException, what: str) -> StoreError:
         text = f"{what}: the object store answered {code} (HTTP {status}): {message}"
         if code in UNAVAILABLE_CODES or status >= 500 or status == 429:
             return StoreUnavailable(text)
+        if code == "NoSuchUpload":  # aborted behind our back (a lifecycle rule?)
+            return StoreUnavailable(
+                f"{text}; its parts are gone: the browser sends the file again from "
+                "what is still staged"
+            )
         return StoreError(text)
     if isinstance(error, NoCredentialsError):  # checked at start: lost since (a role's?)
         return StoreUnavailable(

@@ -38,6 +38,7 @@ from .deadline import Deadline
 from .hashing import StreamDigest, digest_of
 from .interfaces import (
     FILE,
+    DataGone,
     IDeadlines,
     IFreeSpace,
     IKeepsDigest,
@@ -1108,6 +1109,13 @@ class Upload:
                 # sealed and offered before a restart (recorded so), then
                 # taken by the backend: offered again as it was
                 return store.location(self.ticket.id)
+            if held is not None and self.length is not None and held[0] < self.length:
+                # never hand over less than the file (an object store lost a
+                # multipart upload, say): the upload fails instead
+                raise DataGone(
+                    f"the store holds {held[0]} of the {self.length} bytes of upload "
+                    f"{self.ticket.id}; they cannot be handed over"
+                )
             return store.seal_existing(self.ticket.id, durable)
 
         def checksum(location):

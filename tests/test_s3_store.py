@@ -289,3 +289,52 @@ def test_a_tail_whose_staged_file_was_sent_meanwhile_comes_from_its_lead(tmp_pat
     assert not (tmp_path / "u" / "0").exists()
     # a reader that listed the file before it went
     assert staging.tail("u", [(0, len(first))], len(first), 4096) == first[-4096:]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_multipart_upload_aborted_behind_our_back_starts_the_file_again(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    """A lifecycle rule aborted it while the upload was paused: what is
+    held is what is still staged from byte 0 (here nothing), never a hole."""
+    upload_id = new_ticket_id()
+    key = s3_target.key(upload_id)
+    payload = os.urandom(MIN_PART_SIZE + 3 * CHUNK)
+    data = await make_store().create(upload_id)
+    await write(data, payload[: MIN_PART_SIZE + CHUNK])
+    await data.close()
+    (upload,) = s3_client.list_multipart_uploads(Bucket=s3_target.bucket)["Uploads"]
+    s3_client.abort_multipart_upload(Bucket=s3_target.bucket, Key=key, UploadId=upload["UploadId"])
+    store = make_store()
+    assert await store.held(upload_id, len(payload)) == (0, False)
+    data = await store.reopen(upload_id)
+    assert data.size == 0
+    await write(data, payload)
+    await data.finish(False)
+    assert stored(s3_client, s3_target, upload_id) == payload
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_part_sent_to_an_aborted_multipart_upload_is_a_resumable_error(
+    make_store, s3_client, s3_target  # noqa: F811
+):
+    upload_id = new_ticket_id()
+    key = s3_target.key(upload_id)
+    data = await make_store().create(upload_id)
+    await write(data, os.urandom(MIN_PART_SIZE))  # part 1: the multipart upload exists
+    await data.close()
+    data = await make_store().reopen(upload_id)
+    assert data.size == MIN_PART_SIZE
+    (upload,) = s3_client.list_multipart_uploads(Bucket=s3_target.bucket)["Uploads"]
+    s3_client.abort_multipart_upload(Bucket=s3_target.bucket, Key=key, UploadId=upload["UploadId"])
+    rest = os.urandom(MIN_PART_SIZE)
+    # AWS answers the next part NoSuchUpload; Ceph RGW 16 takes it and then
+    # refuses the completion (InternalError): either way, to be tried again
+    with pytest.raises(StoreUnavailable):
+        for offset in range(0, len(rest), CHUNK):
+            await data.write_at(MIN_PART_SIZE + offset, rest[offset : offset + CHUNK])
+        await data.finish(False)
+    await data.close()
+    again = await make_store().reopen(upload_id)  # what is held starts at byte 0
+    assert again.size == 0
+    await again.close()

@@ -317,3 +317,23 @@ def test_an_upload_let_go_while_its_sealing_waits_never_seals_nor_hands_over(tmp
     fired(upload.quiesce())
     clock.advance(100)
     assert backend.handovers == [] and upload.state == "handing_over"
+
+
+def test_a_store_that_holds_less_than_the_file_after_a_restart_is_never_handed_over(tmp_path):
+    """Its handover was under way at a crash; after the restart the store
+    holds fewer bytes than the file had (lost behind our back): cancelled,
+    the backend is told of a cancellation, never handed a short file."""
+    first, backend, clock, settings = build(tmp_path, Injector())
+    upload = fired(first.create("http://backend.example/h", "pw", False))
+    upload.connect(FakeChannel(), len(FILE), "f.bin")
+    send(upload, upload.channel, FILE)  # the handover hangs: the server dies
+    assert len(backend.handovers) == 1
+    stored = tmp_path / "storage" / upload.ticket.id
+    stored.write_bytes(FILE[: len(FILE) // 2])
+    registry, backend, clock, settings = build(tmp_path, Injector())
+    fired(registry.restore())
+    clock.advance(0)  # the handover again
+    again = registry.get(upload.ticket.id)
+    assert backend.handovers == []
+    assert again.state == "cancelled"
+    assert "holds" in again.cancel_reason and str(len(FILE)) in again.cancel_reason
