@@ -20,6 +20,9 @@ from .storage_pool import StoragePool
 
 # Threads for S3 calls: the parts in flight of every upload, together.
 S3_THREADS = 16
+# Threads for the staging folder's file work (open, close, fsync, the lead):
+# quick, and never behind an S3 call or the storage pool's hashing.
+STAGING_THREADS = 4
 # The staging folder, inside the storage folder (its name is one of ours).
 STAGING_NAME = ".incoming.s3"
 # /health asks the bucket at most this often (a load balancer asks every
@@ -38,10 +41,11 @@ def s3_target(settings) -> S3Target:
     )
 
 
-def s3_destination(settings, reactor, run_local) -> tuple[S3Store, S3Guard]:
-    """The store (its client made now: blocking, at start) and its guard;
-    ``run_local`` (the storage pool) does the staging folder's file work."""
+def s3_destination(settings, reactor) -> tuple[S3Store, S3Guard]:
+    """The store (its client made now: blocking, at start) and its guard,
+    which starts and stops its threads."""
     pool = StoragePool(reactor, threads=S3_THREADS, name="incoming-s3")
+    staging = StoragePool(reactor, threads=STAGING_THREADS, name="incoming-s3-staging")
     target = s3_target(settings)
     store = S3Store(
         make_client(target, S3_THREADS),
@@ -49,22 +53,26 @@ def s3_destination(settings, reactor, run_local) -> tuple[S3Store, S3Guard]:
         os.path.join(settings.storage_dir, STAGING_NAME),
         pool.run,
         settings.s3_part_size,
-        run_local=run_local,
+        run_local=staging.run,
     )
-    return store, S3Guard(store, pool)
+    return store, S3Guard(store, pool, staging=staging)
 
 
 class S3Guard:
-    """Start: the S3 threads, and the bucket answers.  Stop: the threads."""
+    """Start: the S3 threads, and the bucket answers.  Stop: the threads
+    (the S3 calls' first, then the staging folder's)."""
 
-    def __init__(self, store: S3Store, pool: StoragePool, monotonic=time.monotonic):
+    def __init__(self, store: S3Store, pool: StoragePool, monotonic=time.monotonic, staging=None):
         self._store = store
         self._pool = pool
+        self._staging = staging  # the staging folder's threads, if of their own
         self._monotonic = monotonic
         self._health: tuple[float, _Shared] | None = None  # (asked at, its answer)
 
     def start(self):
         self._pool.startService()
+        if self._staging is not None:
+            self._staging.startService()
         self._store.prepare()
 
         def refused(failure):
@@ -77,7 +85,10 @@ class S3Guard:
         return self._pool.run(self._store.check).addErrback(refused)
 
     def stop(self):
-        return maybeDeferred(self._pool.stopService)
+        d = maybeDeferred(self._pool.stopService)
+        if self._staging is not None:
+            d.addCallback(lambda _: self._staging.stopService())
+        return d
 
     def health(self):
         """Fire with None if the bucket answers, else what is wrong; the

@@ -196,7 +196,7 @@ def makeService(config, reactor=None) -> MultiService:
         if stores is None:
             stores = embedded_stores(settings, pool.run)
             stores.data.prepare()
-        s3, s3_guard = s3_destination(settings, reactor, pool.run)
+        s3, s3_guard = s3_destination(settings, reactor)
         stores = attr.evolve(stores, destinations={"s3": s3})
         guards.append(s3_guard)
     guard = Guards(guards) if guards else None
