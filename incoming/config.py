@@ -567,7 +567,8 @@ SETTINGS += [
         "S3PartSize",
         parse_part_size,
         "Size of the parts an upload is sent to S3 in (5M to 5G; the "
-        "chunks of one part are staged in the storage folder until sent).",
+        "chunks of one part are staged in the storage folder until sent); "
+        "a file that would need more than 10,000 parts gets larger ones.",
     ),
 ]
 

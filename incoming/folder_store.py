@@ -70,7 +70,7 @@ class FolderStore:
     def _part(self, upload_id: str) -> str:
         return self.location(upload_id) + PART_SUFFIX
 
-    def create(self, upload_id: str):
+    def create(self, upload_id: str, length: int | None = None):
         path = self._part(upload_id)
 
         def blocking():
@@ -82,7 +82,7 @@ class FolderStore:
 
         return self._run(blocking)
 
-    def reopen(self, upload_id: str):
+    def reopen(self, upload_id: str, length: int | None = None):
         path = self._part(upload_id)
 
         def blocking():

@@ -122,12 +122,15 @@ class IDataReader(Interface):
 class IDataStore(Interface):
     """Where uploaded bytes live."""
 
-    def create(upload_id: str) -> Any:
-        """Fire with a new, empty IUploadData; StoreError if it exists."""
+    def create(upload_id: str, length: int | None = None) -> Any:
+        """Fire with a new, empty IUploadData; StoreError if it exists.
+        ``length``: the file's announced size, if known (an object store
+        sizes its parts from it)."""
 
-    def reopen(upload_id: str) -> Any:
+    def reopen(upload_id: str, length: int | None = None) -> Any:
         """Fire with the IUploadData of unsealed bytes, ``size`` being what
-        the store durably holds; DataGone if there is none."""
+        the store durably holds; DataGone if there is none.  ``length`` as
+        for create."""
 
     def held(upload_id: str, length: int | None) -> Any:
         """Fire with (bytes held, sealed?) or None if nothing is held:

@@ -174,7 +174,7 @@ class UploadRegistry:
             return None
         plan = plan_restore(record, held)
         if plan.recreate:
-            created = yield data.create(record.id)
+            created = yield data.create(record.id, record.length)
             yield created.close()
         return Upload.restore(record, plan, self._services, self._forget, self._ended_upload)
 

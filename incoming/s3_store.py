@@ -244,7 +244,14 @@ class S3Store:
 
     # ---- IDataStore -------------------------------------------------------
 
-    def create(self, upload_id: str):
+    def part_size_for(self, length: int | None) -> int:
+        """The setting, or more for a file that would need more than
+        MAX_PARTS parts (whole MiB)."""
+        if length is None or length <= self.part_size * MAX_PARTS:
+            return self.part_size
+        return -(-length // (MAX_PARTS * MIB)) * MIB
+
+    def create(self, upload_id: str, length: int | None = None):
         def blocking():
             try:
                 self.staging.make(upload_id)
@@ -252,11 +259,11 @@ class S3Store:
                 raise StoreError(f"upload {upload_id} has staged data already") from None
             except OSError as e:
                 raise storage_error(e, f"cannot stage upload {upload_id}") from None
-            return S3Upload(self, upload_id, Held(None, [], []))
+            return S3Upload(self, upload_id, Held(None, [], []), self.part_size_for(length))
 
         return self.run_local(blocking)
 
-    def reopen(self, upload_id: str):
+    def reopen(self, upload_id: str, length: int | None = None):
         def blocking():
             held = self._inspect(upload_id, None)
             if held is None:
@@ -267,10 +274,10 @@ class S3Store:
             return held
 
         d = self.call(f"cannot reopen upload {upload_id}", blocking)
-        return d.addCallback(self._reopened, upload_id)
+        return d.addCallback(self._reopened, upload_id, length)
 
-    def _reopened(self, held: Held, upload_id: str):
-        upload = S3Upload(self, upload_id, held)
+    def _reopened(self, held: Held, upload_id: str, length: int | None):
+        upload = S3Upload(self, upload_id, held, self.part_size_for(length))
         return upload.resume().addCallback(lambda _: upload)
 
     def held(self, upload_id: str, length: int | None):
@@ -384,21 +391,22 @@ class S3Upload:
 
     _log = Logger()
 
-    def __init__(self, store: S3Store, upload_id: str, held: Held):
+    def __init__(self, store: S3Store, upload_id: str, held: Held, part_size: int = 0):
+        """``part_size``: for a multipart upload whose first part is not
+        sent yet (else part 1's size is kept); 0: the store's."""
         self._store = store
         self.upload_id = upload_id
         self._multipart: str | None = held.multipart  # its id, once started
         self._multipart_waiters: list[Deferred] | None = None  # while it is being started
         self._parts = list(held.parts)  # sent: (number, etag, size), in order
         # Every part but the last is this long: part 1's, else a full staged
-        # file's (made before a restart), else the setting.
+        # file's (made before a restart), else as asked.
         staged = held.staged
+        self.part_size = part_size or store.part_size
         if held.parts:
             self.part_size = held.parts[0][2]
-        elif len(staged) > 1 or (staged and staged[0][1] >= store.part_size):
+        elif len(staged) > 1 or (staged and staged[0][1] >= self.part_size):
             self.part_size = staged[0][1]
-        else:
-            self.part_size = store.part_size
         self._segments = [_Segment(offset, size) for offset, size in held.staged]
         self.size = held.size
         self._failure: Any = None  # a part that could not be sent: every call fails

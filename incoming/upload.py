@@ -928,7 +928,7 @@ class Upload:
             create = self._stored.length is None  # no earlier connection recorded
             store = self._data_store
             opening = store.create if create else store.reopen
-            return self._persist().addCallback(lambda _: opening(self.ticket.id))
+            return self._persist().addCallback(lambda _: opening(self.ticket.id, self.length))
 
         d = self._io.run(open_data)
         d.addCallback(opened)

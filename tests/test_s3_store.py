@@ -338,3 +338,25 @@ async def test_a_part_sent_to_an_aborted_multipart_upload_is_a_resumable_error(
     again = await make_store().reopen(upload_id)  # what is held starts at byte 0
     assert again.size == 0
     await again.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_too_large_for_ten_thousand_parts_gets_larger_parts(
+    make_store, s3_target  # noqa: F811
+):
+    """The part size is chosen from the announced length (whole MiB) when
+    --s3-part-size would need more than S3's 10,000 parts."""
+    store = make_store()
+    assert store.part_size_for(None) == store.part_size_for(10_000 * MIN_PART_SIZE) == MIN_PART_SIZE
+    huge = 10_000 * MIN_PART_SIZE + 1
+    assert store.part_size_for(huge) == 6 * MiB
+    assert store.part_size_for(5 * 1024**4) == 525 * MiB  # 5 TiB, S3's largest object
+    for opening in ("create", "reopen"):
+        upload_id = new_ticket_id()
+        data = await store.create(upload_id, huge)
+        if opening == "reopen":
+            await data.write_at(0, b"x")  # staged only: the size is still to choose
+            await data.close()
+            data = await make_store().reopen(upload_id, huge)
+        assert data.part_size == 6 * MiB, opening
+        await data.terminate()
