@@ -759,14 +759,17 @@
     // The notes of unfinished uploads that have not expired, newest first:
     // {ticket, size, modified, time, expires, name (if kept)}.
     function unfinished() {
-        return readNotes().map(function (n) {
-            var copy = {ticket: n.ticket, size: n.size, modified: n.modified,
-                        time: n.time, expires: n.expires};
-            if (typeof n.name === "string") {
-                copy.name = n.name;
-            }
-            return copy;
-        });
+        return readNotes().map(shownNote);
+    }
+
+    // A note as the app sees it (without the digest of the file's head).
+    function shownNote(n) {
+        var copy = {ticket: n.ticket, size: n.size, modified: n.modified,
+                    time: n.time, expires: n.expires};
+        if (typeof n.name === "string") {
+            copy.name = n.name;
+        }
+        return copy;
     }
 
     // Fires with the note ({ticket, ...}) of an unfinished upload of this
@@ -783,7 +786,7 @@
             }
             headDigest(file, function (head) {
                 var match = candidates.filter(function (n) { return n.head === head; })[0];
-                resolve(match ? unfinished().filter(function (n) { return n.ticket === match.ticket; })[0] : null);
+                resolve(match ? shownNote(match) : null);
             });
         });
     }

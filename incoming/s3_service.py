@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import time
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred
 
 from .config import describe
 from .guards import GuardRefused
 from .interfaces import StoreError
 from .s3_client import S3Target, make_client
 from .s3_store import S3Store
+from .shared_result import SharedResult
 from .storage_pool import StoragePool
 
 # Threads for S3 calls: the parts in flight of every upload, together.
@@ -67,7 +68,7 @@ class S3Guard:
         self._pool = pool
         self._staging = staging  # the staging folder's threads, if of their own
         self._monotonic = monotonic
-        self._health: tuple[float, _Shared] | None = None  # (asked at, its answer)
+        self._health: tuple[float, SharedResult] | None = None  # (asked at, its answer)
 
     def start(self):
         self._pool.startService()
@@ -97,30 +98,5 @@ class S3Guard:
         if self._health is None or now - self._health[0] >= HEALTH_SECONDS:
             d = self._pool.run(self._store.check).addCallback(lambda _: None)
             d.addErrback(lambda f: f"S3 {self._store.target.describe()}: {f.value}")
-            self._health = (now, _Shared(d))
+            self._health = (now, SharedResult(d))
         return self._health[1].get()
-
-
-class _Shared:
-    """One Deferred's result for several callers (each gets a Deferred)."""
-
-    def __init__(self, d: Deferred):
-        self._result: object = _PENDING
-        self._waiting: list[Deferred] = []
-        d.addCallback(self._fired)
-
-    def _fired(self, result):
-        self._result = result
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(result)
-
-    def get(self) -> Deferred:
-        if self._result is not _PENDING:
-            return succeed(self._result)
-        waiter: Deferred = Deferred()
-        self._waiting.append(waiter)
-        return waiter
-
-
-_PENDING = object()

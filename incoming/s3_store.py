@@ -33,7 +33,6 @@ from typing import Any
 import attr
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .fsops import pwrite_all, storage_error
@@ -50,6 +49,7 @@ from .interfaces import (
 )
 from .s3_client import S3Target, error_code, s3_error
 from .s3_staging import Staging
+from .shared_result import SharedResult
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
@@ -397,7 +397,7 @@ class S3Upload:
         self._store = store
         self.upload_id = upload_id
         self._multipart: str | None = held.multipart  # its id, once started
-        self._multipart_waiters: list[Deferred] | None = None  # while it is being started
+        self._starting: SharedResult | None = None  # the start of the multipart upload
         self._parts = list(held.parts)  # sent: (number, etag, size), in order
         # Every part but the last is this long: part 1's, else a full staged
         # file's (made before a restart), else as asked.
@@ -442,28 +442,18 @@ class S3Upload:
         """Fire with the multipart upload's id, starting it the first time."""
         if self._multipart is not None:
             return succeed(self._multipart)
-        waiter: Deferred = Deferred()
-        if self._multipart_waiters is not None:
-            self._multipart_waiters.append(waiter)
-            return waiter
-        self._multipart_waiters = [waiter]
-        d = self._store.call(
-            f"cannot start the multipart upload of {self.upload_id}",
-            self._store._start_multipart,
-            self.upload_id,
-        )
-        d.addBoth(self._multipart_started)
-        return waiter
+        if self._starting is None:
+            d = self._store.call(
+                f"cannot start the multipart upload of {self.upload_id}",
+                self._store._start_multipart,
+                self.upload_id,
+            )
+            self._starting = SharedResult(d.addCallback(self._multipart_started))
+        return self._starting.get()
 
-    def _multipart_started(self, result) -> None:
-        waiters, self._multipart_waiters = self._multipart_waiters or [], None
-        if not isinstance(result, Failure):
-            self._multipart = result
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+    def _multipart_started(self, multipart: str) -> str:
+        self._multipart = multipart
+        return multipart
 
     def _send(self, segment: _Segment) -> None:
         """Seal a staged file and send it as the next part."""
@@ -632,7 +622,7 @@ class S3Upload:
         if self._failure is not None:
             raise self._failure
         filling = self._segments[-1] if self._segments else None
-        unstarted = self._multipart is None and self._multipart_waiters is None
+        unstarted = self._multipart is None and self._starting is None
         unstarted = unstarted and all(s.sent is None for s in self._segments)
         if unstarted and not self._parts and len(self._segments) <= 1:
             yield self._close_filling()

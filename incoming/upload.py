@@ -976,8 +976,8 @@ class Upload:
                 return False  # it left meanwhile
             if not sample:  # none at hand (a part in an object store): sizes alone
                 return True
-            taken = len(sample)  # fewer if the store has fewer at hand
-            self._sample = (pos - taken, taken, hashlib.sha256(sample).hexdigest())
+            count = len(sample)  # fewer if the store has fewer at hand
+            self._sample = (pos - count, count, hashlib.sha256(sample).hexdigest())
             wait = self._settings.websocket_timeout
             self._sample_timer = self._clock.callLater(wait, self._sample_late, channel, wait)
             return True
