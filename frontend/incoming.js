@@ -15,7 +15,8 @@
  * (first retry within 0.25-0.5 s, then exponential backoff with jitter up to 30 s,
  * fast again after progress) and reports numeric error codes. With a server
  * that answers the "byte-window" feature it sizes the bytes in flight to the
- * link (from the round-trip times of its acks) instead of a fixed number of
+ * link (from the round-trip times of its acks and the browser's own send
+ * buffer) instead of a fixed number of
  * chunks, so long links fill up; with the "takeover" feature a reconnect
  * replaces its own dead connection within about a second; with the
  * "fingerprint" feature it proves, by the SHA-256 of a sample of the bytes
@@ -400,7 +401,7 @@
 
     Uploader.prototype._onChunkAck = function (ws, body) {
         var size = Number(body.ChunkSize) || 0;
-        this._sizeWindow(size);
+        this._sizeWindow(size, ws);
         this.bytes_acked = Math.min(this.bytes_total, this.bytes_acked + size);
         this.chunks_acked_now += 1;
         this._retries = 0;  // progress: the next retry is fast again
@@ -447,7 +448,13 @@
     // Byte-window mode: grow the window by each ack (doubling per round
     // trip) while round trips stay near the quickest seen, i.e. while the
     // link is not yet full; shrink it when they grow (a queue is building).
-    Uploader.prototype._sizeWindow = function (ackedBytes) {
+    // A browser whose own send buffer has run dry (bufferedAmount 0) while
+    // the window is full is waiting for us, not for the link: grow then too,
+    // and shrink only while the browser still holds bytes. Inside one
+    // browser round trips grow with the bytes in flight even when nothing
+    // else queues (its own send path is the bottleneck), so the delay
+    // alone would hold the window well below what keeps that path busy.
+    Uploader.prototype._sizeWindow = function (ackedBytes, ws) {
         var sent = this._sent.shift();
         if (!this._windowMax || !sent) {
             return;
@@ -455,7 +462,8 @@
         var rtt = now() - sent[1];
         this._minRtt = Math.min(this._minRtt, rtt);
         var inFlight = this.bytes_tx - this.bytes_acked;
-        if (rtt <= this._minRtt * 1.5 + 5) {
+        var dry = ws.bufferedAmount === 0;
+        if (rtt <= this._minRtt * 1.5 + 5 || dry) {
             if (inFlight + ackedBytes >= this._window - this._chunkSize) {
                 this._window = Math.min(this._windowMax, this._window + ackedBytes);
             }

@@ -3,7 +3,9 @@
 // with WindowBytes a window of bytes that starts at SendAhead chunks, grows
 // by each confirmed chunk while round trips stay near the shortest one seen,
 // shrinks by a tenth when they grow markedly, and stays between SendAhead
-// chunks and WindowBytes.
+// chunks and WindowBytes; a full window whose send buffer ran dry
+// (bufferedAmount 0) grows whatever the round trip, and it shrinks only
+// while the browser still holds bytes.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -157,6 +159,26 @@ test("byte window: long round trips shrink it by a tenth per ack, never below Se
     const later = await serveLink(page, ws, (i) => (i >= quickFrom ? 10 : 100), 100);
     assert.equal(later.at(-1), 8 * KiB);
     assert.ok(Math.max(...later) <= 8 * KiB);
+});
+
+test("byte window: long round trips with the browser's send buffer run dry grow it to WindowBytes", async () => {
+    // Inside one browser the round trips grow with the bytes in flight, its
+    // own send path being the bottleneck; an empty send buffer at each ack
+    // says the window, not the link, holds the upload back.
+    const { page, up, ws } = await started(4 * MiB, {
+        FilePos: 0, ChunkSizeKB: 1, SendAhead: 2, WindowBytes: 32 * KiB,
+    });
+    assert.deepEqual(await rounds(page, ws, 10, 2), [4 * KiB, 8 * KiB]);
+    ws.bufferedAmount = 0;
+    assert.deepEqual(await rounds(page, ws, 100, 2), [16 * KiB, 32 * KiB]);  // doubling, as quick ones
+    const inFlight = await serveLink(page, ws, () => 100, 80);
+    assert.equal(inFlight.at(-1), 32 * KiB);
+    assert.ok(Math.max(...inFlight) <= 32 * KiB);
+    assert.equal(up.bytes_ahead, 32 * KiB);
+    // While bytes wait in the browser, the same round trips shrink it again.
+    ws.bufferedAmount = 64 * KiB;
+    const queued = await serveLink(page, ws, () => 100, 80);
+    assert.deepEqual(queued.slice(-10), Array(10).fill(2 * KiB));
 });
 
 test("byte window: a large window drains by a chunk per slow ack and settles at SendAhead chunks", async () => {
