@@ -118,6 +118,13 @@ def capped(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
+def browser_text(value) -> str:
+    """A text from the browser (a cancel reason, an error's Msg) as it may
+    be passed on to the backend: at most MAX_BROWSER_TEXT characters, any
+    unpaired surrogate made U+FFFD (the form is UTF-8)."""
+    return valid_text(capped(str(value), MAX_BROWSER_TEXT))
+
+
 def shown(value) -> str:
     """repr() of an untrusted value, at most MAX_SHOWN characters."""
     return capped(repr(value), MAX_SHOWN)

@@ -50,8 +50,9 @@ class UploadProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         patterns = self.factory.origin_patterns
         if patterns and not any(p.match(request.origin or "") for p in patterns):
-            self._log.info("refused a WebSocket from origin {origin}", origin=request.origin)
-            raise ConnectionDeny(403, f"origin {request.origin!r} not allowed")
+            origin = wire.shown(request.origin)
+            self._log.info("refused a WebSocket from origin {origin}", origin=origin)
+            raise ConnectionDeny(403, f"origin {origin} not allowed")
         return None
 
     def onOpen(self):
@@ -190,14 +191,14 @@ class UploadProtocol(WebSocketServerProtocol):
             return
         # As 0.1: the backend's cancelReason is the browser's reason, unchanged.
         reason = data.get("Reason")
-        text = "" if reason is None else wire.capped(str(reason), wire.MAX_BROWSER_TEXT)
+        text = "" if reason is None else wire.browser_text(reason)
         self._upload.cancel_from_browser(self, text)
 
     def _on_MsgError(self, data):
         if self._upload is None:
             self.close()
             return
-        text = wire.capped(str(data.get("Msg", "")), wire.MAX_BROWSER_TEXT)
+        text = wire.browser_text(data.get("Msg", ""))
         self._upload.cancel_from_browser(self, f"error from frontend: {text}", REPLY_ERROR)
         self.close()
 

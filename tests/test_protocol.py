@@ -490,6 +490,36 @@ async def test_untrusted_values_are_echoed_short(server):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_long_message_type_is_echoed_short(server):
+    ticket = await server.new_upload()
+    outcome = await upload(server.port, ticket, data=b"abc",
+                           first_text=json.dumps({"MsgType": "Msg" + "Z" * 10_000,
+                                                  "MsgData": {}}).encode())
+    assert outcome.last()[0] == "MsgError"
+    assert outcome.last()[1]["ErrorCode"] == 1
+    assert "unknown MsgType 'MsgZZZ" in outcome.last()[1]["Msg"]
+    assert len(outcome.last()[1]["Msg"]) < 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_reasons_and_error_texts_with_unpaired_surrogates_reach_the_backend(server):
+    data = payload(200 * 1024)
+    cancelled = await server.new_upload()
+    outcome = await upload(server.port, cancelled, data=data, stop_at=64 * 1024,
+                           action="cancel", reason="no \udc80 more")
+    assert outcome.last() == ("MsgCancelAck", {"Ack": True})
+    failed = await server.new_upload()
+    await upload(server.port, failed, data=data, stop_at=0, action="error",
+                 error_text="read \ud800 failed" + "x" * 5000)
+    await wait_until(lambda: len(server.backend.calls) >= 2)  # none came: the form failed
+    calls = {c["id"]: c for c in server.backend.calls}
+    assert calls[cancelled]["cancelReason"] == "no \ufffd more"  # as 0.1 (Go) passed it on
+    reason = calls[failed]["cancelReason"]
+    assert reason.startswith("error from frontend: read \ufffd failedxxx")
+    assert len(reason) < 1100  # capped
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_name_with_an_unpaired_surrogate_is_handed_over_with_a_replacement(server):
     data = payload(10 * 1024)
     ticket = await server.new_upload()

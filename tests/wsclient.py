@@ -159,9 +159,9 @@ class ZeroOneClient(WebSocketClientProtocol):
         elif action == "close":
             self.sendClose(1000)
         elif action == "cancel":
-            self._send("MsgCancel", {"Reason": "user clicked cancel"})
+            self._send("MsgCancel", {"Reason": self.factory.reason})
         elif action == "error":
-            self._send("MsgError", {"ErrorCode": 0, "Msg": "disk on fire"})
+            self._send("MsgError", {"ErrorCode": 0, "Msg": self.factory.error_text})
         elif action == "idle":
             pass
         else:
@@ -182,7 +182,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
            action: str = "drop", oversize_frame=False, extra_bytes=0,
            first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
            byte_window=False, tls=None, pace: float = 0.0, features=(),
-           last_modified: int = None, sample: str = "answered") -> Deferred:
+           last_modified: int = None, sample: str = "answered",
+           reason: str = "user clicked cancel", error_text: str = "disk on fire") -> Deferred:
     """Connect once and run the script; fire with the Outcome at close.
 
     ``tls`` (a client TLS connection creator, e.g. optionsForClientTLS)
@@ -190,7 +191,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     one chunk per that time: a slow but steady link.  With the "fingerprint"
     feature, ``sample`` is how a MsgUploadConf's Sample is met: "answered"
     (the digest in MsgAck), "unanswered" (MsgAck without it) or "chunks-first"
-    (chunks before the MsgAck).
+    (chunks before the MsgAck).  ``reason`` and ``error_text``: what
+    action "cancel" sends as its Reason and action "error" as its Msg.
     """
     if source is None:
         source = DataSource(data=data if data is not None else b"")
@@ -206,6 +208,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.length = source.length if length is None else length
     factory.stop_at = stop_at
     factory.action = action
+    factory.reason = reason
+    factory.error_text = error_text
     factory.oversize_frame = oversize_frame
     factory.extra_bytes = extra_bytes
     factory.first_text = first_text
