@@ -16,13 +16,16 @@ are read at start, written into the log and removed.
 
 Appends waiting while one is being written go to disk together, in one
 write (and one fsync, when durable).  A crash can tear only the last line,
-which is then ignored.
+which is then ignored.  Any other bad line (a damaged disk, a hand edit)
+is copied aside and reported; if its ticket id can be read, that ticket is
+not restored from an older line either.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 
 import attr
@@ -31,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .fsops import remove_quietly, storage_error, sync_folder
+from .ids import parse_ticket_id
 from .interfaces import RecordInvalid, StoreError
 from .records import SCHEMA, UploadRecord, record_from_json
 
@@ -97,9 +101,14 @@ def read_log(folder: str) -> LogContents:
             record = record_from_json(line)
         except (ValueError, RecordInvalid) as e:
             corrupt.append(line)
+            ticket = _ticket_of(line)
+            if ticket is not None:  # an older line of it must not stand for it
+                contents.records.pop(ticket, None)
             _log.error(
-                "ticket log: line {number} is corrupt ({why}); copied to {aside}; not restored",
+                "ticket log: line {number} (ticket {ticket}) is corrupt ({why}); copied to "
+                "{aside}; not restored",
                 number=number,
+                ticket=ticket or "unknown",
                 why=str(e),
                 aside=CORRUPT_NAME,
             )
@@ -113,6 +122,15 @@ def read_log(folder: str) -> LogContents:
         except OSError as e:  # a full disk: the lines are in the log still
             _log.error("ticket log: cannot keep the corrupt lines aside: {why}", why=e.strerror)
     return contents
+
+
+_ID_FIELD = re.compile(rb'"id"\s*:\s*"([0-9a-fA-F-]{32,40})"')
+
+
+def _ticket_of(line: bytes) -> str | None:
+    """The ticket a corrupt line was written for, if its id can be read."""
+    found = _ID_FIELD.search(line)
+    return parse_ticket_id(found.group(1).decode("ascii")) if found else None
 
 
 def cut_torn_tail(folder: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 from fakes import fired
 from incoming.file_state import FileStateStore
 from incoming.folder_store import FolderStore
+from incoming.interfaces import StoreError
 from incoming.ids import new_ticket_id
 from incoming.records import UploadRecord
 from incoming.storage_pool import run_here
@@ -105,3 +106,51 @@ def test_records_that_need_not_be_durable_are_only_appended(tmp_path, disk):
     fired(store.delete(first.id))
     assert disk == []
     assert (tmp_path / ".incoming.tickets").read_bytes().count(b"\n") == 3
+
+
+@pytest.fixture
+def failing_disk(monkeypatch):
+    """os.fsync of a regular file fails with EIO (a disk that gives up)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def descriptors_of(path) -> list[int]:
+    """This process's file descriptors open on `path`."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                found.append(int(fd))
+        except OSError:
+            continue
+    return found
+
+
+def test_an_fsync_error_at_the_seal_closes_the_file_and_names_nothing(tmp_path, failing_disk):
+    store, upload_id, data = stored_file(tmp_path)
+    part = tmp_path / "storage" / f"{upload_id}.part"
+    assert descriptors_of(part)
+    with pytest.raises(StoreError, match="cannot sync upload"):
+        fired(data.finish(True))
+    assert descriptors_of(part) == []  # closed: a deleted .part would keep no space
+    assert not (tmp_path / "storage" / upload_id).exists()  # no final name
+    assert part.read_bytes() == b"all the bytes"
+
+
+def test_an_fsync_error_on_a_chunk_is_a_store_error_and_the_file_can_be_let_go(tmp_path,
+                                                                           failing_disk):
+    store, upload_id, data = stored_file(tmp_path)
+    part = tmp_path / "storage" / f"{upload_id}.part"
+    with pytest.raises(StoreError, match="cannot sync upload"):  # not a raw OSError
+        fired(data.sync())
+    fired(data.terminate())  # the upload is cancelled
+    assert descriptors_of(part) == [] and not part.exists()

@@ -225,11 +225,28 @@ async def test_a_file_the_backend_took_is_offered_again_not_recreated_empty(tmp_
         await stop()
 
 
-@pytest.mark.parametrize("corrupt", [
+def restored_with_log(folder, clock):
+    """A registry restored from `folder`, and the log lines it wrote."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        again = registry_on(folder, clock)
+        again.restore()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return again, [formatEvent(e) for e in events]
+
+
+# The kinds of corrupt record a damaged disk or a hand edit leaves ("ID":
+# where the ticket's id stands).
+corrupt_kinds = pytest.mark.parametrize("corrupt", [
     b"null", b"[]", b'{"id": "ID", "signal_finish_url": "http://b.example/h", "len',
     b'{"id": "ID", "signal_finish_url": "http://b.example/h", "length": "10"}',
     b"\x00\x00\x00\x00",
 ], ids=["null", "list", "truncated", "wrong-type", "zeros"])
+
+
+@corrupt_kinds
 def test_a_corrupt_record_is_moved_aside_reported_and_the_rest_restored(tmp_path, corrupt):
     clock = task.Clock()
     first = registry_on(tmp_path, clock)
@@ -239,22 +256,50 @@ def test_a_corrupt_record_is_moved_aside_reported_and_the_rest_restored(tmp_path
     (tmp_path / f"{bad_id}.part").write_bytes(b"half a file")
     (tmp_path / f"{bad_id}.json").write_bytes(corrupt.replace(b"ID", bad_id.encode()))
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        again = registry_on(tmp_path, clock)
-        again.restore()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    again, logged = restored_with_log(tmp_path, clock)
     assert again.get(good.ticket.id).state == "created"  # the server starts, the rest restored
     assert again.get(bad_id) is None
     assert (tmp_path / f"{bad_id}.json.corrupt").read_bytes() == corrupt.replace(
         b"ID", bad_id.encode())
     assert not (tmp_path / f"{bad_id}.json").exists()
     assert (tmp_path / f"{bad_id}.part").read_bytes() == b"half a file"  # left alone
-    logged = [formatEvent(e) for e in events]
     (line,) = [line for line in logged if "record is corrupt" in line]
     assert bad_id in line and f"{bad_id}.part" in line and "moved aside" in line
+
+
+@corrupt_kinds
+def test_a_corrupt_line_of_the_ticket_log_is_kept_aside_and_reported(tmp_path, corrupt):
+    """The same kinds as a line of .incoming.tickets (where records are now),
+    between good lines: the disk damaged it, no crash tore it.  A line whose
+    ticket can be read stands for that ticket's latest record: the ticket is
+    not restored from an older line, and its file is reported."""
+    clock = task.Clock()
+    first = registry_on(tmp_path, clock)
+    good = create(first)
+    bad = create(first)
+    bad_id = bad.ticket.id
+    known = b"ID" in corrupt  # its ticket can be read
+    if known:
+        (tmp_path / f"{bad_id}.part").write_bytes(b"half a file")
+    line = corrupt.replace(b"ID", bad_id.encode()) + b"\n"
+    with open(tmp_path / ".incoming.tickets", "ab") as f:
+        f.write(line)
+    later = create(first)  # a good line after it
+
+    again, logged = restored_with_log(tmp_path, clock)
+    assert again.get(good.ticket.id).state == "created"  # the server starts, the rest restored
+    assert again.get(later.ticket.id).state == "created"
+    assert (tmp_path / ".incoming.tickets.corrupt").read_bytes() == line
+    (said,) = [x for x in logged if "is corrupt" in x]
+    assert ".incoming.tickets.corrupt" in said and "not restored" in said
+    if known:
+        assert bad_id in said
+        assert again.get(bad_id) is None
+        assert (tmp_path / f"{bad_id}.part").read_bytes() == b"half a file"  # left alone
+        assert [x for x in logged if f"{bad_id}.part belongs to no open upload" in x]
+    else:  # whose line it was is unknown: the ticket's last good line stands
+        assert "ticket unknown" in said
+        assert again.get(bad_id).state == "created"
 
 
 @pytest.mark.parametrize("loss", ["record-reverted", "record-empty", "record-gone"])
