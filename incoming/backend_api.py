@@ -263,8 +263,17 @@ class NewUpload(BackendCall):
 
     def call(self, params):
         limit = self._settings.max_uploads
-        if limit and self._registry.open_count() >= limit:
-            raise ApiError(503, f"too many open uploads ({limit}); try again later")
+        if not limit:
+            return self._issue(params)
+
+        def counted(count):
+            if count >= limit:
+                raise ApiError(503, f"too many open uploads ({limit}); try again later")
+            return self._issue(params)
+
+        return self._registry.count_open().addCallback(counted)
+
+    def _issue(self, params):
         url = check_finish_url(params.required("signalFinishURL"), self._hosts)
         dest_type = params.optional("destType", "file")
         known = self._registry.dest_types()

@@ -237,6 +237,15 @@ class IDeadlines(Interface):
         so that it does not keep others waiting; its next write sets it anew."""
 
 
+class ICountsOpen(Interface):
+    """Optional, for stores shared by several servers: how many records
+    have not ended, on every server (tickets nobody connected to included),
+    for --max-uploads; one server alone counts the uploads it holds."""
+
+    def count_open() -> Any:
+        """Fire with the number of records that have not ended."""
+
+
 # ---- locks ------------------------------------------------------------------
 
 

@@ -15,7 +15,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .interfaces import IDeadlines, IStateStore, RecordExists, RecordInvalid, VersionConflict
+from .interfaces import (
+    ICountsOpen,
+    IDeadlines,
+    IStateStore,
+    RecordExists,
+    RecordInvalid,
+    VersionConflict,
+)
 from .records import UploadRecord, record_from_json
 
 # KEYS: record, ids, ended, due.  ARGV: id, json, ended_at ("" if open), due ("" if none).
@@ -63,6 +70,11 @@ for i, key in ipairs(KEYS) do found[i] = redis.call('HGET', key, 'r') end
 return found
 """
 
+# KEYS: ids, ended.  The records that have not ended.
+_COUNT_OPEN = """
+return redis.call('SCARD', KEYS[1]) - redis.call('ZCARD', KEYS[2])
+"""
+
 READ_BATCH = 500
 
 
@@ -74,7 +86,7 @@ def _ended_at(record: UploadRecord) -> str:
     return repr(record.ended_at) if record.ended and record.ended_at is not None else ""
 
 
-@implementer(IStateStore, IDeadlines)
+@implementer(IStateStore, IDeadlines, ICountsOpen)
 class RedisStateStore:
     """Upload records in Redis, with their next deadlines indexed (``due``)."""
 
@@ -99,6 +111,9 @@ class RedisStateStore:
     def due(self, before: float, limit: int):
         d = self._hub.command("ZRANGEBYSCORE", self._due, "-inf", repr(before), "LIMIT", 0, limit)
         return d.addCallback(lambda ids: [_text(i) for i in ids])
+
+    def count_open(self):
+        return self._hub.eval(_COUNT_OPEN, [self._ids, self._ended], []).addCallback(int)
 
     def _record_key(self, upload_id: str) -> str:
         return self._hub.key("rec", upload_id)

@@ -16,6 +16,7 @@ from .interfaces import (
     CANCEL_REQUESTED,
     FILE,
     FINISH_REQUESTED,
+    ICountsOpen,
     IInventory,
     ITidiesUnclaimed,
     StoreError,
@@ -335,9 +336,17 @@ class UploadRegistry:
         return succeed(None)
 
     def open_count(self) -> int:
-        """Uploads that have not ended yet, tickets that never connected
-        included (counted, not searched: new_upload asks at every call)."""
+        """Uploads that have not ended yet that this server holds, tickets
+        that never connected included (counted, not searched)."""
         return len(self._uploads) - len(self._ended)
+
+    def count_open(self) -> Deferred:
+        """Fire with the uploads not ended, for --max-uploads: on every
+        server when the state store is shared (ICountsOpen), else here."""
+        state = self._stores.state
+        if ICountsOpen.providedBy(state):
+            return state.count_open()
+        return succeed(self.open_count())
 
 
 __all__ = ["UploadRegistry", "UnknownUpload", "TooLate"]

@@ -140,3 +140,25 @@ async def test_an_unused_ticket_times_out_once_whichever_servers_run(tmp_path, r
         assert "idle" in cancels[0]["cancelReason"]
     finally:
         await stop_all(servers)
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_uploads_counts_the_tickets_of_every_server(tmp_path, redis_server, backend):  # noqa: F811
+    """Tickets nobody connected to count against --max-uploads on every
+    server: the cap is the cluster's, not each server's."""
+    (a, b), _ = cluster(tmp_path, redis_server, 2, "--max-uploads", "3")
+    await started([a, b])
+    try:
+        first = await new_upload(a, backend, backendSecret="s3cret")
+        await new_upload(a, backend)
+        await new_upload(b, backend)
+        code, text = await call(b, "new_upload", signalFinishURL=backend.url)
+        assert code == 503 and "too many open uploads (3)" in text, text
+        code, text = await call(a, "new_upload", signalFinishURL=backend.url)
+        assert code == 503, text
+        # one ends (cancelled through the other server): there is room again
+        assert await call(b, "cancel_upload", id=first, backendSecret="s3cret") == (200, "ok")
+        code, text = await call(b, "new_upload", signalFinishURL=backend.url)
+        assert code == 200, text
+    finally:
+        await stop_all([a, b])

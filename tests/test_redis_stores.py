@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import attr
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
@@ -49,6 +50,19 @@ async def test_a_record_written_by_one_instance_is_read_by_another(instances):
     record = await one.create(UploadRecord(id=new_ticket_id(), signal_finish_url="http://b/h"))
     assert await two.get(record.id) == record
     assert [r.id for r in await two.all()] == [record.id]
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_instance_counts_the_records_not_ended_of_all(instances):
+    one, two = RedisStateStore(instances()), RedisStateStore(instances())
+    made = [await one.create(UploadRecord(id=new_ticket_id(), signal_finish_url="http://b/h"))
+            for _ in range(3)]
+    await two.create(UploadRecord(id=new_ticket_id(), signal_finish_url="http://b/h"))
+    assert await one.count_open() == await two.count_open() == 4
+    ended = attr.evolve(made[0], state="cancelled", ended_at=time.time())
+    await two.update(ended, made[0].version)
+    await one.delete(made[1].id)
+    assert await two.count_open() == 2
 
 
 @pytest_twisted.ensureDeferred
