@@ -302,7 +302,7 @@ def test_a_corrupt_line_of_the_ticket_log_is_kept_aside_and_reported(tmp_path, c
         assert again.get(bad_id).state == "created"
 
 
-@pytest.mark.parametrize("loss", ["record-reverted", "record-empty", "record-gone"])
+@pytest.mark.parametrize("loss", ["record-reverted", "record-empty", "record-gone", "log-empty"])
 def test_after_a_power_loss_a_stale_record_never_deletes_a_file_the_backend_kept(tmp_path, loss):
     """The backend answered done and kept the file (removeFileWhenFinished
     false); then the power went, and the record's later versions with it.
@@ -316,20 +316,16 @@ def test_after_a_power_loss_a_stale_record_never_deletes_a_file_the_backend_kept
         record.write_bytes(b"")  # the rename reached the disk, its data did not
     elif loss == "record-gone":
         (tmp_path / ".incoming.tickets").unlink()  # not even the ticket's line
+    elif loss == "log-empty":  # the log's name reached the disk, none of its lines
+        (tmp_path / ".incoming.tickets").write_bytes(b"")
     # record-reverted: only the ticket's line, from before any browser came
 
-    events = []
     clock = task.Clock()
-    globalLogPublisher.addObserver(events.append)
-    try:
-        again = registry_on(tmp_path, clock)
-        again.restore()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    again, lines = restored_with_log(tmp_path, clock)
     assert again.get(kept_id) is None  # not a ticket again
     clock.advance(2000.0)  # past the idle timeout: nothing can delete it
     assert (tmp_path / kept_id).read_bytes() == b"the backend's file"
-    logged = " ".join(formatEvent(e) for e in events)
+    logged = " ".join(lines)
     assert f"{kept_id} belongs to no open upload; left alone" in logged
     if loss == "record-reverted":
         assert f"upload {kept_id}: its record says no browser has sent a byte" in logged
