@@ -126,6 +126,8 @@
         this._sendAhead = 0;
         this._windowMax = 0;        // WindowBytes from the server; 0: count chunks (0.1)
         this._window = 0;           // bytes allowed in flight now (byte-window mode)
+        this._txAtAck = 0;          // bytes_tx when the last ack came
+        this._idleUpTo = 0;         // bytes up to here were sent into an idle send path
         this._sent = [];            // [end offset, send time] of chunks in flight
         this._minRtt = Infinity;    // ms
         this._reading = false;
@@ -386,6 +388,8 @@
         this.connected = true;
         this.bytes_acked = pos;
         this.bytes_tx = pos;
+        this._txAtAck = pos;
+        this._idleUpTo = pos;
         this.chunks_tx_now = 0;
         this.chunks_acked_now = 0;
         this._send(ws, "MsgAck", ack);
@@ -402,6 +406,7 @@
     Uploader.prototype._onChunkAck = function (ws, body) {
         var size = Number(body.ChunkSize) || 0;
         this._sizeWindow(size, ws);
+        this._txAtAck = this.bytes_tx;  // what this ack lets go counts as sent after it
         this.bytes_acked = Math.min(this.bytes_total, this.bytes_acked + size);
         this.chunks_acked_now += 1;
         this._retries = 0;  // progress: the next retry is fast again
@@ -448,12 +453,15 @@
     // Byte-window mode: grow the window by each ack (doubling per round
     // trip) while round trips stay near the quickest seen, i.e. while the
     // link is not yet full; shrink it when they grow (a queue is building).
-    // A browser whose own send buffer has run dry (bufferedAmount 0) while
-    // the window is full is waiting for us, not for the link: grow then too,
-    // and shrink only while the browser still holds bytes. Inside one
-    // browser round trips grow with the bytes in flight even when nothing
-    // else queues (its own send path is the bottleneck), so the delay
-    // alone would hold the window well below what keeps that path busy.
+    // But a browser whose own send buffer ran dry was waiting for us, not
+    // for the link: an ack that finds it holding no more than what was sent
+    // since the previous ack marks every byte then in flight as sent into an
+    // idle path, and the acks of those bytes grow the window whatever their
+    // round trip (as BBR marks "app-limited" samples: a burst of acks then
+    // grows it as one round does). Inside one browser round trips grow with
+    // the bytes in flight even when nothing else queues (its own send path
+    // is the bottleneck), so the delay alone would hold the window well
+    // below what keeps that path busy.
     Uploader.prototype._sizeWindow = function (ackedBytes, ws) {
         var sent = this._sent.shift();
         if (!this._windowMax || !sent) {
@@ -462,8 +470,10 @@
         var rtt = now() - sent[1];
         this._minRtt = Math.min(this._minRtt, rtt);
         var inFlight = this.bytes_tx - this.bytes_acked;
-        var dry = ws.bufferedAmount === 0;
-        if (rtt <= this._minRtt * 1.5 + 5 || dry) {
+        if (ws.bufferedAmount <= this.bytes_tx - this._txAtAck) {  // false if unknown
+            this._idleUpTo = this.bytes_tx;
+        }
+        if (rtt <= this._minRtt * 1.5 + 5 || sent[0] <= this._idleUpTo) {
             if (inFlight + ackedBytes >= this._window - this._chunkSize) {
                 this._window = Math.min(this._windowMax, this._window + ackedBytes);
             }

@@ -124,7 +124,7 @@ def read_log(folder: str) -> LogContents:
     return contents
 
 
-_ID_FIELD = re.compile(rb'"id"\s*:\s*"([0-9a-fA-F-]{32,40})"')
+_ID_FIELD = re.compile(rb'"(?:id|deleted)"\s*:\s*"([0-9a-fA-F-]{32,40})"')
 
 
 def _ticket_of(line: bytes) -> str | None:

@@ -243,7 +243,8 @@ corrupt_kinds = pytest.mark.parametrize("corrupt", [
     b"null", b"[]", b'{"id": "ID", "signal_finish_url": "http://b.example/h", "len',
     b'{"id": "ID", "signal_finish_url": "http://b.example/h", "length": "10"}',
     b"\x00\x00\x00\x00",
-], ids=["null", "list", "truncated", "wrong-type", "zeros"])
+    b'{"deleted": "ID"',
+], ids=["null", "list", "truncated", "wrong-type", "zeros", "torn-tombstone"])
 
 
 @corrupt_kinds

@@ -51,10 +51,12 @@ BARE_SEND = """async ([url, chunk]) => {
 
 # incoming.js as an app would use it: an uploader with a cheap onprogress
 # (the test page's own recording of every event is left out: it measures
-# the library, not the test's bookkeeping).  `sent`: from start() (the
-# connection included) to the confirmation of the last byte, what the sink's
-# count measures for the bare loop; `seconds`: to onfinished, the server's
-# seal (its sync at the default --fsync complete) and the handover included.
+# the library, not the test's bookkeeping).  `sent`: from start() to the
+# confirmation of the last byte, what the sink's count measures for the
+# bare loop (whose clock starts once its socket is open: this one's counts
+# the connection and the upload request too); `seconds`: to onfinished, the
+# server's seal (its sync at the default --fsync complete) and the handover
+# included.
 LEAN_UPLOAD = """async (ticket) => {
     const file = document.getElementById('files').files[0];
     const started = performance.now();
