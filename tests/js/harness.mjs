@@ -235,9 +235,6 @@ export class FakeWebSocket {
         this.frames = [];          // {text: parsed JSON} or {binary: Buffer, at: ms}, in order
         this.clientClose = null;   // {code, reason} once the library closed it
         this.ackedChunks = 0;      // chunks this fake server has acked
-        // Bytes the browser still holds to send: not modelled unless a test
-        // sets it (0: its send buffer ran dry; more: bytes wait in it).
-        this.bufferedAmount = undefined;
         registry.push(this);
     }
 

@@ -3,9 +3,7 @@
 // with WindowBytes a window of bytes that starts at SendAhead chunks, grows
 // by each confirmed chunk while round trips stay near the shortest one seen,
 // shrinks by a tenth when they grow markedly, and stays between SendAhead
-// chunks and WindowBytes; the acks of bytes sent while the browser's send
-// buffer had run dry (bufferedAmount no more than what was sent since the
-// previous ack) grow a full window whatever their round trip.
+// chunks and WindowBytes.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -159,66 +157,6 @@ test("byte window: long round trips shrink it by a tenth per ack, never below Se
     const later = await serveLink(page, ws, (i) => (i >= quickFrom ? 10 : 100), 100);
     assert.equal(later.at(-1), 8 * KiB);
     assert.ok(Math.max(...later) <= 8 * KiB);
-});
-
-test("byte window: long round trips with the browser's send buffer run dry grow it to WindowBytes", async () => {
-    // Inside one browser the round trips grow with the bytes in flight, its
-    // own send path being the bottleneck; an empty send buffer at each ack
-    // says the window, not the link, holds the upload back.
-    const { page, up, ws } = await started(4 * MiB, {
-        FilePos: 0, ChunkSizeKB: 1, SendAhead: 2, WindowBytes: 32 * KiB,
-    });
-    assert.deepEqual(await rounds(page, ws, 10, 2), [4 * KiB, 8 * KiB]);
-    ws.bufferedAmount = 0;
-    assert.deepEqual(await rounds(page, ws, 100, 2), [16 * KiB, 32 * KiB]);  // doubling, as quick ones
-    const inFlight = await serveLink(page, ws, () => 100, 80);
-    assert.equal(inFlight.at(-1), 32 * KiB);
-    assert.ok(Math.max(...inFlight) <= 32 * KiB);
-    assert.equal(up.bytes_ahead, 32 * KiB);
-    // While bytes wait in the browser, the same round trips shrink it again.
-    ws.bufferedAmount = 64 * KiB;
-    const queued = await serveLink(page, ws, () => 100, 80);
-    assert.deepEqual(queued.slice(-10), Array(10).fill(2 * KiB));
-});
-
-/** Model the browser's send buffer on `ws`: each binary send adds to
- * bufferedAmount; `leave(bytes)` lets bytes leave for the network. */
-function bufferSends(ws) {
-    const send = ws.send.bind(ws);
-    ws.bufferedAmount = 0;
-    ws.send = (data) => {
-        send(data);
-        if (typeof data !== "string") ws.bufferedAmount += data.byteLength;
-    };
-    return (bytes) => { ws.bufferedAmount = Math.max(0, ws.bufferedAmount - bytes); };
-}
-
-test("byte window: the acks of bytes sent into an idle send buffer grow it, a burst of them as one round", async () => {
-    const { page, ws } = await started(8 * MiB, {
-        FilePos: 0, ChunkSizeKB: 1, SendAhead: 2, WindowBytes: 32 * KiB,
-    });
-    const leave = bufferSends(ws);
-    assert.deepEqual(await rounds(page, ws, 10, 2), [4 * KiB, 8 * KiB]);
-    // Long round trips; between rounds the network takes all the browser
-    // holds, and the acks of a round come together.
-    const perRound = [];
-    for (let r = 0; r < 20; r++) {
-        page.clock.advance(100);
-        leave(Infinity);
-        ws.ack(ws.unacked());
-        await flush();
-        perRound.push(ws.bytesInFlight() / KiB);
-    }
-    assert.deepEqual(perRound.slice(0, 3), [16, 32, 32]);
-    assert.deepEqual(perRound.slice(-5), Array(5).fill(32));
-    // The network stops taking bytes: they stay in the browser, and the
-    // same round trips shrink the window to its floor.
-    for (let r = 0; r < 30; r++) {
-        page.clock.advance(100);
-        ws.ack(ws.unacked());
-        await flush();
-    }
-    assert.equal(ws.bytesInFlight(), 2 * KiB);
 });
 
 test("byte window: a large window drains by a chunk per slow ack and settles at SendAhead chunks", async () => {
