@@ -225,7 +225,7 @@ def makeService(config, reactor=None) -> MultiService:
     if settings.metrics_listen:
         StreamServerEndpointService(
             serverFromString(reactor, settings.metrics_listen),
-            metrics_site(settings, metrics, checks),
+            metrics_site(settings, metrics, pool.run, reactor, checks),
         ).setServiceParent(service)
     return service
 

@@ -11,7 +11,7 @@ from .backend_api import backend_api
 from .demo import demo_resource
 from .embedded import embedded_stores
 from .handover import BackendClient
-from .health import HealthCheck
+from .health import FolderCheck, HealthCheck
 from .metrics import NO_METRICS, Metrics, MetricsPage
 from .registry import UploadRegistry
 from .static import FileCache, library_files
@@ -47,22 +47,25 @@ def build_root(
     if demo:
         demo_page = demo_resource(registry, clock, run_blocking, files, settings.finish_url_hosts)
         root.putChild(b"demo", demo_page)
-    operations_pages(root, settings, None if settings.metrics_listen else metrics, health_checks)
+    checks = [FolderCheck(settings.storage_dir, run_blocking, clock), *health_checks]
+    operations_pages(root, None if settings.metrics_listen else metrics, checks)
     return root
 
 
-def operations_pages(root: Resource, settings, metrics=None, health_checks=()) -> Resource:
+def operations_pages(root: Resource, metrics=None, health_checks=()) -> Resource:
     """/health for load balancers and, with ``metrics``, /metrics for
-    Prometheus: pages for operators, which a public proxy should not pass."""
-    root.putChild(b"health", HealthCheck(settings.storage_dir, health_checks))
+    Prometheus: pages for operators, which a public proxy should not pass.
+    ``health_checks``: what /health asks (the storage folder among them)."""
+    root.putChild(b"health", HealthCheck(health_checks))
     if metrics is not None and metrics.registry is not None:
         root.putChild(b"metrics", MetricsPage(metrics.registry))
     return root
 
 
-def metrics_site(settings, metrics, health_checks=()) -> Site:
+def metrics_site(settings, metrics, run_blocking, clock, health_checks=()) -> Site:
     """What --metrics-port serves: /metrics and /health, nothing else."""
-    return _site(operations_pages(Resource(), settings, metrics, health_checks))
+    checks = [FolderCheck(settings.storage_dir, run_blocking, clock), *health_checks]
+    return _site(operations_pages(Resource(), metrics, checks))
 
 
 def _site(root: Resource) -> Site:
