@@ -10,6 +10,8 @@ Every answer carries an ETag (a hash of the content, so a reinstall with the
 same bytes keeps browsers' copies valid), Last-Modified and ``Cache-Control:
 no-cache``: browsers revalidate each time and get a 304 while the file is
 unchanged, so a server upgrade reaches every page at its next load.
+Each request stats its file in a storage thread (and reads it there when it
+changed), never on the reactor thread.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ import re
 from pathlib import Path
 
 import attr
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
+
+from .storage_pool import run_here
+
+_log = Logger()
 
 # What we serve, by file name ending; anything else is a 404.
 CONTENT_TYPES = {
@@ -77,27 +85,40 @@ class _Version:
         return self.mtime_ns // 1_000_000_000
 
 
-class FileCache:
-    """Reads a file again only when its modification time or size changed."""
+def _load(path: Path, cached: _Version | None) -> _Version | None:
+    """Blocking: the file's current content (``cached`` if unchanged), or
+    None if it is missing."""
+    try:
+        st = os.stat(path)
+        if cached and (cached.mtime_ns, cached.size) == (st.st_mtime_ns, st.st_size):
+            return cached
+        body = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    return _Version(st.st_mtime_ns, len(body), body, f'"{digest}"'.encode("ascii"))
 
-    def __init__(self):
+
+class FileCache:
+    """Reads a file again only when its modification time or size changed.
+    The stat (and a read) run through ``run_blocking`` (the storage pool in
+    the server), never on the reactor thread."""
+
+    def __init__(self, run_blocking=run_here):
+        self._run = run_blocking
         self._versions: dict[Path, _Version] = {}
 
-    def get(self, path: Path) -> _Version | None:
-        """The file's current content, or None if it is missing."""
-        try:
-            st = os.stat(path)
-            cached = self._versions.get(path)
-            if cached and (cached.mtime_ns, cached.size) == (st.st_mtime_ns, st.st_size):
-                return cached
-            body = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            self._versions.pop(path, None)
-            return None
-        digest = hashlib.sha256(body).hexdigest()[:32]
-        version = _Version(st.st_mtime_ns, len(body), body, f'"{digest}"'.encode("ascii"))
-        self._versions[path] = version
-        return version
+    def get(self, path: Path) -> Deferred:
+        """Fire with the file's current content, or None if it is missing."""
+
+        def keep(version: _Version | None) -> _Version | None:
+            if version is None:
+                self._versions.pop(path, None)
+            else:
+                self._versions[path] = version
+            return version
+
+        return self._run(_load, path, self._versions.get(path)).addCallback(keep)
 
 
 def _etag_matches(header: bytes, etag: bytes) -> bool:
@@ -146,28 +167,45 @@ class StaticFile(Resource):
                 405,
                 f"method {request.method.decode('latin-1')} not allowed; use GET\n",
             )
-        version = None
-        if not request.postpath and self._type is not None:
-            version = self._cache.get(self._path)
-        if version is None:
+        if request.postpath or self._type is None:
             return plain_text(request, 404, "no such file\n")
+        gone: list = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(version):
+            if not gone:
+                self._answer(request, version)
+
+        def failed(failure):
+            _log.failure("cannot serve {path}", failure, path=str(self._path))
+            if not gone:
+                request.write(plain_text(request, 500, "cannot read the file\n"))
+                request.finish()
+
+        self._cache.get(self._path).addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _answer(self, request, version: _Version | None) -> None:
+        if version is None:
+            request.write(plain_text(request, 404, "no such file\n"))
+            request.finish()
+            return
         request.setHeader(b"etag", version.etag)
         request.setHeader(b"last-modified", datetimeToString(version.last_modified))
         request.setHeader(b"cache-control", b"no-cache")
         if _not_modified(request, version):
-            # Finished here so that no "Content-Length: 0" goes out with the 304.
-            request.setResponseCode(304)
+            request.setResponseCode(304)  # finished with no body and no Content-Length
             request.finish()
-            return NOT_DONE_YET
+            return
         request.setResponseCode(200)
         request.setHeader(b"content-type", self._type)
         if self._public:  # the library: a page of any origin may import it as a module
             request.setHeader(b"access-control-allow-origin", b"*")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if request.method == b"HEAD":
-            request.setHeader(b"content-length", b"%d" % version.size)
-            return b""
-        return version.body
+        request.setHeader(b"content-length", b"%d" % version.size)
+        if request.method != b"HEAD":
+            request.write(version.body)
+        request.finish()
 
 
 class StaticFolder(Resource):

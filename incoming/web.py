@@ -31,7 +31,7 @@ def build_root(
     """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
     incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
     /metrics unless --metrics-port moves it."""
-    files = FileCache()
+    files = FileCache(run_blocking)
     frontend = Resource()
     frontend.putChild(
         b"upload_ws", WebSocketResource(UploadFactory(registry, settings, clock, metrics))

@@ -3,7 +3,8 @@ No fsync, rename, unlink, stat or record write runs on the reactor thread: a
 real in-process server with its storage pool, the blocking calls of `os`
 watched while uploads go through every path (fsync per chunk, pause and
 resume, wait and finish_upload, done with removal, a browser cancel, a
-backend cancel, /health, a restart that restores and re-hands over).
+backend cancel, /health, a restart that restores and re-hands over); nor
+a stat of the library files that browsers load.
 """
 
 from __future__ import annotations
@@ -128,3 +129,21 @@ async def test_no_blocking_file_call_on_the_reactor_thread(tmp_path, monkeypatch
 
     assert watch.on_reactor == []
     assert watch.elsewhere > 20  # the watch saw the storage work, in storage threads
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_library_files_are_read_off_the_reactor_thread(tmp_path, monkeypatch):
+    from incoming.static import frontend_dir
+
+    server, stop = await start_server(tmp_path)
+    watch = Watch(monkeypatch, frontend_dir())
+    try:
+        for name in ("incoming.js", "incoming.mjs", "incoming.d.ts"):
+            response = await treq.get(
+                f"http://127.0.0.1:{server.port}/incoming/0.1/frontend/{name}")
+            assert response.code == 200
+            assert len(await response.content()) > 100
+    finally:
+        await stop()
+    assert watch.on_reactor == []
+    assert watch.elsewhere >= 3  # each request stats its file, in a storage thread
