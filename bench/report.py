@@ -3,6 +3,8 @@ also N workers against one, and the CPU of each process)."""
 
 from __future__ import annotations
 
+import statistics
+
 THROUGHPUT_FIGURES = [("mbps", "MB/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
                       ("cpu_s_per_gib", "CPU-s/GiB"), ("cpu_ms_per_upload", "CPU ms/upload"),
                       ("peak_rss_mib", "peak RSS MiB")]
@@ -132,29 +134,45 @@ BOTO3 = "boto3 upload_file"
 
 
 def s3_ratios(results: list) -> list:
-    """Per S3 scenario that ran both: boto3's MB/s, ours, ours / boto3."""
-    by = {(r["scenario"], r["server"]): r for r in results
-          if r["kind"] == "s3" and "error" not in r}
+    """Per S3 scenario: each round's boto3 MB/s, ours and ours / boto3 (the
+    two measured back to back), and the medians over the rounds."""
+    rounds: dict = {}
+    for r in results:
+        if r["kind"] == "s3" and "error" not in r:
+            rounds.setdefault(r["scenario"], {}).setdefault(r["round"], {})[r["server"]] = r
     ratios = []
-    for (scenario, server), ours in by.items():
-        reference = by.get((scenario, BOTO3))
-        if server == BOTO3 or reference is None:
+    for scenario, by_round in rounds.items():
+        pairs = []
+        for number, by_server in sorted(by_round.items()):
+            reference = by_server.get(BOTO3)
+            ours = [r for server, r in by_server.items() if server != BOTO3]
+            if reference is None or not ours:
+                continue
+            (ours,) = ours
+            pairs.append({"round": number, "boto3_mbps": reference["mbps"], "mbps": ours["mbps"],
+                          "ratio": ours["mbps"] / reference["mbps"],
+                          "server_cpu_s_per_gib": ours["cpu_s_per_gib"],
+                          "boto3_cpu_s_per_gib": reference["client_cpu_s_per_gib"],
+                          "verified": ours["verified"], "server": ours["server"]})
+        if not pairs:
             continue
-        ratios.append({"scenario": scenario, "server": server, "boto3_mbps": reference["mbps"],
-                       "mbps": ours["mbps"], "ratio": ours["mbps"] / reference["mbps"],
-                       "server_cpu_s_per_gib": ours["cpu_s_per_gib"],
-                       "boto3_cpu_s_per_gib": reference["client_cpu_s_per_gib"],
-                       "verified": ours["verified"]})
+        median = {key: statistics.median(p[key] for p in pairs)
+                  for key in ("boto3_mbps", "mbps", "ratio", "server_cpu_s_per_gib",
+                              "boto3_cpu_s_per_gib")}
+        ratios.append({"scenario": scenario, "server": pairs[0]["server"], **median,
+                       "verified": sum(p["verified"] for p in pairs), "rounds": pairs})
     return ratios
 
 
 def s3_table(ratios: list) -> str:
-    """Into the object store: boto3's upload_file against us, same gateway, same run."""
+    """Into the object store: boto3's upload_file against us, same gateway,
+    same run; medians over the rounds, and each round's ratio."""
     if not ratios:
         return ""
     lines = [["scenario", "boto3 upload_file MB/s", "incoming MB/s", "incoming / boto3",
-              "incoming CPU-s/GiB", "boto3 CPU-s/GiB", "sha256 verified"]]
+              "each round", "incoming CPU-s/GiB", "boto3 CPU-s/GiB", "sha256 verified"]]
     lines += [[r["scenario"], _number(r["boto3_mbps"]), _number(r["mbps"]), f"{r['ratio']:.2f}x",
+               " ".join(f"{p['ratio']:.2f}" for p in r["rounds"]),
                _number(r["server_cpu_s_per_gib"]), _number(r["boto3_cpu_s_per_gib"]),
                f"{r['verified']} ok"] for r in ratios]
-    return _render(lines)
+    return _render(lines) + "\n(medians over the rounds; boto3 and Incoming!! take turns going first)"

@@ -74,7 +74,7 @@ FULL = {
     "memory_stages": (100, 1000), "hold": 5.0,
     "proxied": Load(1, 256 * MIB),
     "workers_loads": ("200 x 64 KiB concurrent", "64 x 4 MiB concurrent"),
-    "s3_loads": [Load(1, GIB), Load(8, 64 * MIB)],
+    "s3_loads": [Load(1, GIB), Load(8, 64 * MIB)], "s3_rounds": 3,
 }
 QUICK = {
     # One load of each shape (single, concurrent, sequential) keeps it short.
@@ -82,7 +82,7 @@ QUICK = {
     "memory_stages": (5, 20), "hold": 0.3,
     "proxied": Load(1, MIB),
     "workers_loads": ("8 x 256 KiB concurrent",),
-    "s3_loads": [Load(1, 20 * MIB), Load(3, 6 * MIB)],
+    "s3_loads": [Load(1, 20 * MIB), Load(3, 6 * MIB)], "s3_rounds": 2,
 }
 
 
@@ -107,13 +107,26 @@ def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0, s3
 
 
 def s3_plan(settings: dict, s3):
-    """Each S3 load: boto3's upload_file, then Incoming!! into the same bucket."""
+    """Each S3 load in rounds, boto3's upload_file and Incoming!! into the
+    same bucket, taking turns to go first: the gateway gets slower as it
+    fills (its deleted objects stay in memory until its garbage collection,
+    which runs between measurements), so a fixed order would favour one."""
     boto3 = Setup(BOTO3)
     ours = Setup("incoming s3", ("--digest", "sha256", *s3.options()), dest_type="s3")
     for load in settings["s3_loads"]:
         name = f"{load.name} into S3"
-        yield name, "s3", boto3, lambda b, l=load: b.s3.upload_file(l.count, l.size)
-        yield name, "s3", ours, lambda b, l=load: b.throughput(ours, l)
+        for number in range(1, settings["s3_rounds"] + 1):
+            turns = [(boto3, lambda b, l=load: b.s3.upload_file(l.count, l.size)),
+                     (ours, lambda b, l=load: b.throughput(ours, l))]
+            for setup, measure in turns if number % 2 else reversed(turns):
+                yield name, "s3", setup, lambda b, m=measure, n=number: s3_round(b, m, n)
+
+
+def s3_round(bench: Bench, measure, number: int) -> dict:
+    """One measurement of a round, then the gateway's garbage collected."""
+    result = {**measure(bench), "round": number}
+    bench.s3.collect_garbage()
+    return result
 
 
 def parse_args(argv=None):

@@ -2,12 +2,13 @@
 ``python -m bench --s3``: uploads into object storage.  The bench starts a
 throw-away Ceph RADOS Gateway of its own (tests/ceph_rgw.py: Debian's
 ceph-mon, ceph-osd and radosgw, objects in memory), makes a bucket, and
-measures each load twice in the same run: boto3's own ``upload_file`` of
-files of the same sizes (its defaults: 8 MiB parts, 10 threads per file,
-all files at once) as the reference, and Incoming!! with ``--s3-bucket``
-taking the same load from the load client (destType=s3).  Every object
-Incoming!! stored is read back and its sha256 compared with what was sent,
-then deleted.
+measures each load in rounds (bench/run.py: s3_plan): boto3's own
+``upload_file`` of files of the same sizes (its defaults: 8 MiB parts, 10
+threads per file, all files at once) as the reference, and Incoming!! with
+``--s3-bucket`` taking the same load from the load client (destType=s3).
+Every object Incoming!! stored is read back and its sha256 compared with
+what was sent, then deleted; after each measurement the gateway's garbage
+collection frees what was deleted.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class S3Bench:
         total = count * size
         return {"mbps": total / elapsed / 1e6, "elapsed_s": elapsed,
                 "client_cpu_s_per_gib": cpu / (total / GIB), "verified": count}
+
+    def collect_garbage(self) -> None:
+        self.gateway.collect_garbage()
 
     def stop(self) -> None:
         self.gateway.stop()

@@ -121,6 +121,11 @@ class CephRGW:
         self._spawn(["radosgw", "-f", "-n", "client.rgw"])
         self._wait_for_http(time.monotonic() + timeout)
 
+    def collect_garbage(self) -> None:
+        """Free the data of deleted objects now (RGW's garbage collection
+        otherwise waits hours, and memstore keeps it in memory)."""
+        self._run(["radosgw-admin", "gc", "process", "--include-all"])
+
     def stop(self) -> None:
         for process in reversed(self.processes):  # radosgw, the OSD, the monitor
             if process.poll() is None:

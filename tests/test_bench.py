@@ -7,6 +7,7 @@ import pstats
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 
@@ -111,21 +112,35 @@ def test_quick_bench_compares_two_workers_with_one(tmp_path):
 
 
 def test_quick_bench_compares_uploads_into_s3_with_boto3(tmp_path):
-    """--s3: a Ceph RGW of the bench's own; each S3 load through boto3's
-    upload_file and through Incoming!! (destType=s3), every object read back."""
+    """--s3: a Ceph RGW of the bench's own; each S3 load in rounds through
+    boto3's upload_file and through Incoming!! (destType=s3), taking turns
+    to go first, every object read back; the medians and each round's ratio."""
     output = tmp_path / "s3.json"
     run = subprocess.run([sys.executable, "-m", "bench", "--quick", "--s3", "--only", "into S3",
                           "--json", str(output)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     summary = json.loads(output.read_text())
-    rows = {(r["scenario"], r["server"]): r for r in summary["results"]}
     scenarios = ["1 x 20 MiB into S3", "3 x 6 MiB concurrent into S3"]
-    assert set(rows) == {(s, server) for s in scenarios
-                         for server in ("boto3 upload_file", "incoming s3")}
+    servers = ("boto3 upload_file", "incoming s3")
+    order = [(r["scenario"], r["round"], r["server"]) for r in summary["results"]]
+    expected = []
+    for scenario in scenarios:
+        expected += [(scenario, 1, servers[0]), (scenario, 1, servers[1]),
+                     (scenario, 2, servers[1]), (scenario, 2, servers[0])]
+    assert order == expected
+    rows = {(r["scenario"], r["round"], r["server"]): r for r in summary["results"]}
     for ratio, scenario in zip(summary["s3"]["ratios"], scenarios, strict=True):
-        ours, boto3 = rows[(scenario, "incoming s3")], rows[(scenario, "boto3 upload_file")]
-        assert ratio["scenario"] == scenario and ratio["ratio"] == ours["mbps"] / boto3["mbps"]
-        assert ours["verified"] == ours["handover_sha256"] == boto3["verified"], ours
+        assert ratio["scenario"] == scenario
+        each = []
+        for number, pair in enumerate(ratio["rounds"], 1):
+            ours, boto3 = rows[(scenario, number, servers[1])], rows[(scenario, number, servers[0])]
+            assert pair["ratio"] == ours["mbps"] / boto3["mbps"]
+            assert ours["verified"] == ours["handover_sha256"] == boto3["verified"], ours
+            each.append(pair["ratio"])
+        assert len(each) == 2 and ratio["ratio"] == statistics.median(each)
+        assert ratio["mbps"] == statistics.median(
+            rows[(scenario, n, servers[1])]["mbps"] for n in (1, 2))
         (line,) = [x for x in run.stdout.splitlines() if x.startswith(scenario + "  ")]
-        assert f"{ratio['ratio']:.2f}x" in line and f"{ours['verified']} ok" in line
+        assert f"{ratio['ratio']:.2f}x" in line and f"{ratio['verified']} ok" in line
+        assert " ".join(f"{r:.2f}" for r in each) in line
