@@ -175,4 +175,5 @@ def s3_table(ratios: list) -> str:
                " ".join(f"{p['ratio']:.2f}" for p in r["rounds"]),
                _number(r["server_cpu_s_per_gib"]), _number(r["boto3_cpu_s_per_gib"]),
                f"{r['verified']} ok"] for r in ratios]
-    return _render(lines) + "\n(medians over the rounds; boto3 and Incoming!! take turns going first)"
+    return (_render(lines)
+            + "\n(medians over the rounds; boto3 and Incoming!! take turns going first)")
