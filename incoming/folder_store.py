@@ -9,7 +9,8 @@ server only ever deletes files it created itself, and never wipes the
 folder.
 
 Chunk writes are positioned writes to the page cache, done on the reactor
-thread (a thread hop costs more than the write); everything that can stall
+thread (a thread hop costs more than the write), and given back to it
+behind the writer (`incoming.drop_behind`); everything that can stall
 (open, fsync, rename, unlink, close, statvfs, reads for a checksum) runs
 through ``run_blocking``; the caller makes one upload's calls one at a
 time (`IUploadData`).
@@ -24,6 +25,7 @@ import time
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
+from .drop_behind import DropBehind
 from .folder_lock import LOCK_NAME
 from .fsops import pwrite_all, remove_quietly, storage_error, sync_folder
 from .interfaces import (
@@ -193,6 +195,8 @@ class FolderUpload:
         self._fd: int | None = fd
         self.size = size
         self._named_durably = False
+        # the page cache behind the writer is given back as the file grows
+        self._behind = DropBehind(store._run, f"upload {upload_id}", size)
 
     def write_at(self, offset: int, data):
         if offset != self.size:
@@ -208,6 +212,7 @@ class FolderUpload:
             return fail(StoreError(f"cannot write upload {self.upload_id}: {e.strerror}"))
         self._store.wrote(offset - start)
         self.size = offset
+        self._behind.wrote(self._fd, offset)
         return succeed(offset)
 
     def _cut_back(self, start: int, error: OSError):
@@ -229,6 +234,10 @@ class FolderUpload:
 
     def _blocking(self, f, *args):
         return self._store._run(f, *args)
+
+    def _closing(self, f, *args):
+        """Run ``f``, which closes the descriptor, once no advice uses it."""
+        return self._behind.settled().addCallback(lambda _: self._blocking(f, *args))
 
     def sync(self):
         fd = self._fd
@@ -260,13 +269,13 @@ class FolderUpload:
     def finish(self, durable: bool):
         fd, self._fd = self._fd, None
         part, final = self._store._part(self.upload_id), self._store.location(self.upload_id)
-        return self._blocking(_seal, self.upload_id, part, final, fd, durable).addCallback(
+        return self._closing(_seal, self.upload_id, part, final, fd, durable).addCallback(
             lambda _: final
         )
 
     def close(self):
         fd, self._fd = self._fd, None
-        return self._blocking(_close, fd)
+        return self._closing(_close, fd)
 
     def terminate(self):
         fd, self._fd = self._fd, None
@@ -276,7 +285,7 @@ class FolderUpload:
             _close(fd)
             remove_quietly(part)
 
-        return self._blocking(blocking)
+        return self._closing(blocking)
 
 
 @implementer(IDataReader)
