@@ -92,6 +92,7 @@ class Running:
         self.backend = ThreadingHTTPServer(("127.0.0.1", 0), Backend)
         threading.Thread(target=self.backend.serve_forever, daemon=True).start()
         self.backend_url = f"http://127.0.0.1:{self.backend.server_address[1]}/handover"
+        self.secrets: dict[str, str] = {}  # ticket -> the backendSecret it was made with
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -115,9 +116,12 @@ class Running:
         request = Request(url, data=None if in_query or method == "GET" else body, method=method)
         try:
             with urlopen(request, timeout=10) as response:
-                return response.status, response.headers["content-type"], response.read().decode()
+                answer = response.status, response.headers["content-type"], response.read().decode()
         except HTTPError as e:
             return e.code, e.headers["content-type"], e.read().decode()
+        if path == "new_upload" and answer[0] == 200:  # a ticket: keep its secret
+            self.secrets[answer[2].strip()] = params.get("backendSecret", "")
+        return answer
 
     def new_upload(self, **params):
         params.setdefault("signalFinishURL", self.backend_url)
@@ -199,9 +203,13 @@ def test_after_the_fuzzing_a_normal_upload_works_and_nothing_is_left(running):
     log = running.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "Unhandled" not in log
     # cancel whatever the fuzzing left open; then only the kept file remains
+    # (with each ticket's secret: a fuzzed new_upload may have set one)
     for record in open_records(running.storage_dir):
         upload_id = record.split()[0]
-        running.call("POST", "cancel_upload", {"id": upload_id}, in_query=False)
+        secret = running.secrets.get(upload_id, "")
+        code, _, text = running.call("POST", "cancel_upload",
+                                     {"id": upload_id, "backendSecret": secret}, in_query=False)
+        assert code in (200, 412), (upload_id, code, text)  # 412: being handed over
     for _ in range(100):  # cancelled files and tombstones: in storage threads
         if not open_records(running.storage_dir) and data_files(running.storage_dir) == [ticket]:
             break
