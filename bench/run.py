@@ -36,6 +36,7 @@ import json
 import os
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,10 +124,15 @@ def s3_plan(settings: dict, s3):
 
 
 def s3_round(bench: Bench, measure, number: int) -> dict:
-    """One measurement of a round, then the gateway's garbage collected."""
-    result = {**measure(bench), "round": number}
-    bench.s3.collect_garbage()
-    return result
+    """One measurement of a round, then (whatever its outcome) the
+    gateway's garbage collected; a collection that fails fails this step."""
+    try:
+        return {**measure(bench), "round": number}
+    finally:
+        try:
+            bench.s3.collect_garbage()
+        except (AssertionError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"the gateway's garbage collection failed: {e}") from None
 
 
 def parse_args(argv=None):
