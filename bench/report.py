@@ -145,10 +145,10 @@ def s3_ratios(results: list) -> list:
         pairs = []
         for number, by_server in sorted(by_round.items()):
             reference = by_server.get(BOTO3)
-            ours = [r for server, r in by_server.items() if server != BOTO3]
-            if reference is None or not ours:
+            others = [r for server, r in by_server.items() if server != BOTO3]
+            if reference is None or len(others) != 1:
                 continue
-            (ours,) = ours
+            ours = others[0]
             pairs.append({"round": number, "boto3_mbps": reference["mbps"], "mbps": ours["mbps"],
                           "ratio": ours["mbps"] / reference["mbps"],
                           "server_cpu_s_per_gib": ours["cpu_s_per_gib"],

@@ -159,6 +159,7 @@ def makeService(config, reactor=None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
     from .handover import backend_http
+    from .health import FolderCheck
     from .metrics import Metrics
     from .tls import backend_tls_policy
     from .web import make_site, metrics_site
@@ -200,7 +201,9 @@ def makeService(config, reactor=None) -> MultiService:
         stores = attr.evolve(stores, destinations={"s3": s3})
         guards.append(s3_guard)
     guard = Guards(guards) if guards else None
-    checks = guard.health_checks() if guard is not None else []
+    # /health asks these, on the main port and on --metrics-port alike
+    checks = [FolderCheck(settings.storage_dir, pool.run, reactor)]
+    checks += guard.health_checks() if guard is not None else []
     site, registry = make_site(
         settings,
         reactor,
@@ -225,7 +228,7 @@ def makeService(config, reactor=None) -> MultiService:
     if settings.metrics_listen:
         StreamServerEndpointService(
             serverFromString(reactor, settings.metrics_listen),
-            metrics_site(settings, metrics, pool.run, reactor, checks),
+            metrics_site(metrics, checks),
         ).setServiceParent(service)
     return service
 

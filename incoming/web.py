@@ -47,25 +47,24 @@ def build_root(
     if demo:
         demo_page = demo_resource(registry, clock, run_blocking, files, settings.finish_url_hosts)
         root.putChild(b"demo", demo_page)
-    checks = [FolderCheck(settings.storage_dir, run_blocking, clock), *health_checks]
-    operations_pages(root, None if settings.metrics_listen else metrics, checks)
+    operations_pages(root, None if settings.metrics_listen else metrics, health_checks)
     return root
 
 
 def operations_pages(root: Resource, metrics=None, health_checks=()) -> Resource:
     """/health for load balancers and, with ``metrics``, /metrics for
     Prometheus: pages for operators, which a public proxy should not pass.
-    ``health_checks``: what /health asks (the storage folder among them)."""
+    ``health_checks``: what /health asks."""
     root.putChild(b"health", HealthCheck(health_checks))
     if metrics is not None and metrics.registry is not None:
         root.putChild(b"metrics", MetricsPage(metrics.registry))
     return root
 
 
-def metrics_site(settings, metrics, run_blocking, clock, health_checks=()) -> Site:
-    """What --metrics-port serves: /metrics and /health, nothing else."""
-    checks = [FolderCheck(settings.storage_dir, run_blocking, clock), *health_checks]
-    return _site(operations_pages(Resource(), metrics, checks))
+def metrics_site(metrics, health_checks=()) -> Site:
+    """What --metrics-port serves: /metrics and /health (asking the same
+    checks as the main port's), nothing else."""
+    return _site(operations_pages(Resource(), metrics, health_checks))
 
 
 def _site(root: Resource) -> Site:
@@ -104,7 +103,7 @@ def make_site(
     metrics=None,
     stores=None,
     monotonic=None,
-    health_checks=(),
+    health_checks=None,
     residency=None,
 ) -> tuple[Site, UploadRegistry]:
     """The whole server as a twisted.web Site, plus its upload registry
@@ -118,12 +117,15 @@ def make_site(
     StoreComposer) to the embedded default; ``monotonic`` (elapsed
     seconds for the timers that cancel or fail uploads, time.monotonic in
     production) to the clock's; ``health_checks`` are what /health asks
-    besides the storage folder (callables firing with None or a problem).
+    (callables firing with None or a problem), by default the storage
+    folder's `FolderCheck` alone.
     With ``residency`` (a locker shared with other servers) the uploads are
     shared with them (`incoming.shared_registry`).
     """
     if metrics is None:
         metrics = Metrics()
+    if health_checks is None:
+        health_checks = [FolderCheck(settings.storage_dir, run_blocking, clock)]
     if stores is None:
         stores = embedded_stores(settings, run_blocking)
         stores.data.prepare()
