@@ -1,5 +1,7 @@
 """Test doubles shared by several test modules."""
 
+import os
+
 import attr
 
 
@@ -98,3 +100,14 @@ def open_records(folder) -> list[str]:
         for i, r in stored_records(folder).items()
         if r["state"] not in ("finished", "cancelled")
     )
+
+
+def open_files(pid: int) -> list[str]:
+    """What a process's file descriptors point at (deleted files included)."""
+    names = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return names

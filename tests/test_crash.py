@@ -10,7 +10,7 @@ import signal
 import pytest_twisted
 from twisted.internet import reactor, task
 
-from fakes import stored_records
+from fakes import open_files, stored_records
 from test_twistd import TwistdServer, backend, new_upload  # noqa: F401 (fixture)
 from wsclient import upload
 
@@ -132,17 +132,6 @@ async def test_sigterm_mid_transfer_says_going_away_and_resumes(tmp_path, backen
 
     await finish_after_restart(tmp_path, backend, ticket, expected_pos=512 * 1024)
     assert backend.calls[0]["sha256"] == SHA
-
-
-def open_files(pid: int) -> list[str]:
-    """What a process's file descriptors point at (deleted files included)."""
-    names = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            names.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-    return names
 
 
 def limit_file_size():

@@ -11,7 +11,7 @@ import stat
 import attr
 import pytest
 
-from fakes import fired
+from fakes import fired, open_files
 from incoming.file_state import FileStateStore
 from incoming.folder_store import FolderStore
 from incoming.interfaces import StoreError
@@ -123,16 +123,9 @@ def failing_disk(monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-def descriptors_of(path) -> list[int]:
+def descriptors_of(path) -> list[str]:
     """This process's file descriptors open on `path`."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                found.append(int(fd))
-        except OSError:
-            continue
-    return found
+    return [name for name in open_files(os.getpid()) if name == str(path)]
 
 
 def test_an_fsync_error_at_the_seal_closes_the_file_and_names_nothing(tmp_path, failing_disk):
