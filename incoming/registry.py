@@ -47,12 +47,16 @@ class UploadRegistry:
         run_blocking=run_here,
         metrics=NO_METRICS,
         monotonic=None,
+        inline_hashing=None,
     ):
         """``monotonic``: elapsed time for the destructive timers
-        (time.monotonic in production; by default the clock's seconds)."""
+        (time.monotonic in production; by default the clock's seconds).
+        ``inline_hashing``: an incoming.hashing.InlineHashBudget (by default
+        the standard one on that elapsed time)."""
         self._stores = stores
+        budget = {} if inline_hashing is None else {"inline_hashing": inline_hashing}
         self._services = Services(
-            settings, stores, backend, clock, run_blocking, metrics, monotonic
+            settings, stores, backend, clock, run_blocking, metrics, monotonic, **budget
         )
         self._uploads: dict[str, Upload] = {}
         self._ended: set[str] = set()  # ids of finished and cancelled uploads

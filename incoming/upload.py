@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .deadline import Deadline
-from .hashing import StreamDigest, digest_of
+from .hashing import InlineHashBudget, StreamDigest, digest_of
 from .interfaces import (
     FILE,
     DataGone,
@@ -104,6 +104,10 @@ class Services:
     metrics: Any = NO_METRICS
     monotonic: Any = None  # () -> seconds; time.monotonic in production, else clock.seconds
     space: SpacePromises = attr.Factory(SpacePromises)  # room promised to connected uploads
+    # Large chunks the reactor thread hashes itself while the server hashes slowly.
+    inline_hashing: InlineHashBudget = attr.Factory(
+        lambda self: InlineHashBudget(self.elapsed_clock()), takes_self=True
+    )
 
     def elapsed_clock(self):
         return self.monotonic or self.clock.seconds
@@ -138,6 +142,7 @@ class Upload:
         self._clock = services.clock
         self._monotonic = services.elapsed_clock()
         self._run_blocking = services.run_blocking
+        self._inline_hashing = services.inline_hashing
         self._metrics = services.metrics
         self._space = services.space
         self._promised_to: Any = None  # the channel the space promise was made for
@@ -914,7 +919,9 @@ class Upload:
                 # after a restart, or changed behind our back: hash it from the store
                 self._hasher = None
                 if create and self._settings.digest == "sha256":
-                    self._hasher = StreamDigest(self._run_blocking, self._throttle)
+                    self._hasher = StreamDigest(
+                        self._run_blocking, self._throttle, self._inline_hashing
+                    )
             # What is held, not a counter; chunks a client sent before our
             # MsgUploadConf (as if FilePos were where it thought) stay queued.
             self._accepted = data.size + (self._accepted - accepted_before)

@@ -1,5 +1,7 @@
-"""The sha256 is computed in storage threads beside the reactor; when hashing
-falls behind, reading from the browser pauses instead of queueing chunks."""
+"""The sha256 is computed as chunks arrive: on the reactor thread while the
+server hashes slowly, past that in storage threads beside the reactor; when
+hashing falls behind, reading from the browser pauses instead of queueing
+chunks."""
 
 import hashlib
 import os
@@ -9,7 +11,12 @@ from twisted.internet.task import Clock
 
 from incoming.config import Settings
 from incoming.embedded import embedded_stores
-from incoming.hashing import INLINE_HASH_BYTES
+from incoming.hashing import (
+    INLINE_HASH_BYTES,
+    NO_INLINE_BUDGET,
+    InlineHashBudget,
+    StreamDigest,
+)
 from incoming.registry import UploadRegistry
 from incoming.upload import MAX_BACKLOG
 
@@ -76,7 +83,9 @@ def created(registry):
 def test_slow_hashing_pauses_reading_and_the_digest_stays_right(tmp_path):
     workers, backend = WorkerThreads(), Backend()
     settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=CHUNK // 1024)
-    registry = UploadRegistry(settings, embedded_stores(settings, workers), backend, Clock(), workers)
+    stores = embedded_stores(settings, workers)
+    registry = UploadRegistry(settings, stores, backend, Clock(), workers,
+                              inline_hashing=NO_INLINE_BUDGET)  # a busy server
     upload = created(registry)
     data = os.urandom(40 * CHUNK)
     channel = Channel()
@@ -108,3 +117,62 @@ def test_small_chunks_are_hashed_right_away(tmp_path):
         upload.receive(channel, data[i * INLINE_HASH_BYTES:(i + 1) * INLINE_HASH_BYTES])
     assert workers.queue == []  # no trip to a thread for hashing
     assert backend.handovers == [hashlib.sha256(data).hexdigest()]
+
+
+def test_large_chunks_are_hashed_right_away_while_the_server_hashes_slowly(tmp_path):
+    """A browser's pace (a 512 KiB chunk every 10 ms: ~52 MB/s) stays on the
+    reactor thread; no trip to a storage thread."""
+    workers, backend, clock = WorkerThreads(), Backend(), Clock()
+    settings = Settings(storage_dir=str(tmp_path), chunk_size_kb=512, fsync="none")
+    registry = UploadRegistry(settings, embedded_stores(settings, workers), backend, clock, workers)
+    upload = created(registry)
+    chunk = 512 * 1024
+    data = os.urandom(40 * chunk)
+    channel = Channel()
+    upload.connect(channel, len(data), "browser.bin")
+    for i in range(40):
+        clock.advance(0.01)
+        upload.receive(channel, data[i * chunk:(i + 1) * chunk])
+    assert workers.queue == []
+    assert backend.handovers == [hashlib.sha256(data).hexdigest()]
+
+
+class Seconds:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_budget_refills_at_its_rate_up_to_its_burst():
+    seconds = Seconds()
+    budget = InlineHashBudget(seconds, rate=1000, burst=300)
+    assert budget.take(200) and budget.take(100)
+    assert not budget.take(1)  # spent
+    seconds.now += 0.25  # 250 bytes back
+    assert not budget.take(251)
+    assert budget.take(250)
+    seconds.now += 60  # an idle minute refills no more than the burst
+    assert budget.take(300) and not budget.take(1)
+
+
+def test_past_the_budget_chunks_go_to_a_thread_in_order():
+    """Once a chunk waits in the pool, the next ones queue behind it even when
+    the budget is back: the digest is of the bytes in the order fed."""
+    workers, seconds = WorkerThreads(), Seconds()
+    chunk = 2 * INLINE_HASH_BYTES
+    digest = StreamDigest(workers, budget=InlineHashBudget(seconds, rate=chunk, burst=chunk))
+    pieces = [os.urandom(chunk) for _ in range(4)]
+    digest.feed(pieces[0])  # the burst
+    digest.feed(pieces[1])  # over: to a thread
+    seconds.now += 10  # the budget is back, but piece 1 waits in the pool
+    digest.feed(pieces[2])
+    assert (len(workers.queue), digest.backlog) == (1, 2)
+    workers.run_all()
+    assert digest.backlog == 0
+    digest.feed(pieces[3])  # nothing waits: here again
+    assert workers.queue == []
+    result = []
+    digest.hexdigest().addCallback(result.append)
+    assert result == [hashlib.sha256(b"".join(pieces)).hexdigest()]
