@@ -1,11 +1,13 @@
 """The browser benchmark: one file from disk, in the same Chromium and the
 same run, sent by a bare loop of WebSocket sends to a sink that throws it
 away (tests/browser/sink.py: what the page can send at most), and uploaded
-by incoming.js to the server, in alternating rounds.  Prints the medians
-and their ratios (to the last byte confirmed, the sink's measure, and to
-onfinished); asserts only that every byte arrived (timing belongs to
-the figures, not to a test).  INCOMING_BROWSER_BENCH_MIB sets the size
-(64 MiB by default)."""
+by incoming.js to the server, in rounds that take turns at going first.
+Prints the medians and their ratios (to the last byte confirmed, the sink's
+measure, and to onfinished), and the CPU seconds per GiB that the browser
+(Chromium and its Playwright driver), the sink and the server spent in
+each; asserts only that every byte arrived (timing belongs to the figures,
+not to a test).  INCOMING_BROWSER_BENCH_MIB sets the size (64 MiB by
+default)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.procstat import tree_cpu_seconds
 
 from .harness import MiB, free_port, write_test_file
 from .test_browser_uploads import assert_handed_over
@@ -76,7 +80,9 @@ LEAN_UPLOAD = """async (ticket) => {
 }"""
 
 ROUNDS = 5  # after one warm-up round of each, not counted (the first read
-# of the file and the first socket are slower, and the bare loop goes first)
+# of the file and the first socket are slower).  The bare loop goes first in
+# even rounds, incoming.js in odd ones: whoever runs second may pay for the
+# garbage (8 MiB blocks) the first left in the page.
 
 
 def start_sink(port: int) -> subprocess.Popen:
@@ -86,9 +92,19 @@ def start_sink(port: int) -> subprocess.Popen:
     return sink
 
 
+def cpu_by_side(server_pid: int, sink_pid: int) -> dict:
+    """CPU seconds so far of the server, the sink, and everything else this
+    test process started (the browser: Chromium and its Playwright driver)."""
+    cpu = tree_cpu_seconds(os.getpid())
+    server = sum(tree_cpu_seconds(server_pid).values())
+    sink = cpu.get(sink_pid, 0.0)
+    cpu.pop(os.getpid(), None)  # the test's own process: neither side
+    return {"server": server, "sink": sink, "browser": sum(cpu.values()) - server - sink}
+
+
 def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, open_page):
-    """A warm-up, then ROUNDS rounds, each the bare sends then incoming.js;
-    the medians."""
+    """A warm-up, then ROUNDS rounds, each the bare sends and incoming.js
+    (in turns first); the medians."""
     mib = int(os.environ.get("INCOMING_BROWSER_BENCH_MIB", "64"))
     size = mib * MiB
     path = tmp_path / "bench.bin"
@@ -96,23 +112,41 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, op
     port = free_port()
     sink = start_sink(port)
     bare, ours, whole = [], [], []
+    bare_cpu: list[dict] = []  # CPU-s per GiB by side, each round
+    ours_cpu: list[dict] = []
     try:
         page = open_page()
         page.page.set_input_files("#files", [str(path)])
-        for round_ in range(ROUNDS + 1):
-            if round_ == 1:  # the warm-up is over
-                del bare[:], ours[:], whole[:]
+        gib = size / (1 << 30)
+
+        def spent(before: dict) -> dict:
+            after = cpu_by_side(server.process.pid, sink.pid)
+            return {side: (after[side] - before[side]) / gib for side in after}
+
+        def send_bare():
+            before = cpu_by_side(server.process.pid, sink.pid)
             sent = page.evaluate(BARE_SEND, [f"ws://127.0.0.1:{port}/", 512 * 1024])
             assert sent["count"] == size, sent
             bare.append(size / sent["seconds"] / 1e6)
+            bare_cpu.append(spent(before))
+
+        def upload():
             ticket = server.new_upload(backend)
+            before = cpu_by_side(server.process.pid, sink.pid)
             uploaded = page.evaluate(LEAN_UPLOAD, ticket)
             assert uploaded["events"] > size // (512 * 1024), uploaded  # it went in chunks
             assert 0 < uploaded["sent"] <= uploaded["seconds"], uploaded
             ours.append(size / uploaded["sent"] / 1e6)
             whole.append(size / uploaded["seconds"] / 1e6)
+            ours_cpu.append(spent(before))
             (call,) = backend.calls_for(ticket)
             assert_handed_over(call, ticket, "bench.bin", sha, size, server.storage)
+
+        for round_ in range(ROUNDS + 1):
+            if round_ == 1:  # the warm-up is over
+                del bare[:], ours[:], whole[:], bare_cpu[:], ours_cpu[:]
+            for phase in (send_bare, upload) if round_ % 2 == 0 else (upload, send_bare):
+                phase()
     finally:
         sink.terminate()
         sink.wait(10)
@@ -126,3 +160,10 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, op
           f"{whole_mbps:.1f} MB/s ({whole_mbps / sink_mbps:.2f}x); rounds: sink "
           f"{[round(x, 1) for x in bare]}, incoming.js {[round(x, 1) for x in ours]}, "
           f"to onfinished {[round(x, 1) for x in whole]}; at {time.strftime('%H:%M:%S')}")
+
+    def median_cpu(rounds: list, side: str) -> float:
+        return statistics.median(r[side] for r in rounds)
+
+    print(f"CPU-s per GiB, medians: the bare loop: browser {median_cpu(bare_cpu, 'browser'):.1f}, "
+          f"sink {median_cpu(bare_cpu, 'sink'):.1f}; incoming.js (to onfinished): browser "
+          f"{median_cpu(ours_cpu, 'browser'):.1f}, server {median_cpu(ours_cpu, 'server'):.1f}")
