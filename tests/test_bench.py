@@ -144,3 +144,16 @@ def test_quick_bench_compares_uploads_into_s3_with_boto3(tmp_path):
         (line,) = [x for x in run.stdout.splitlines() if x.startswith(scenario + "  ")]
         assert f"{ratio['ratio']:.2f}x" in line and f"{ratio['verified']} ok" in line
         assert " ".join(f"{r:.2f}" for r in each) in line
+
+
+def test_the_load_clients_views_hold_the_same_bytes_as_its_pieces():
+    """The ws client sends views of the pattern (no copies); the sha256 it
+    checks against comes from the pieces: they must agree, across the
+    block's end too."""
+    sys.path.insert(0, REPO)
+    from bench.loadclient import BLOCK_SIZE, PIECE_MAX, Pattern
+
+    pattern = Pattern(seed=3)
+    for index, pos, size in [(0, 0, 1), (1, 100, 512 * 1024), (2, BLOCK_SIZE - 10, 4096),
+                             (9, 3 * BLOCK_SIZE - 1, PIECE_MAX), (5, 7, PIECE_MAX + 1)]:
+        assert bytes(pattern.view(index, pos, size)) == pattern.piece(index, pos, size)
