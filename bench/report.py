@@ -82,15 +82,22 @@ def table(results: list, kind: str) -> str:
 
 
 def worker_ratios(results: list, one: str, many: str) -> list:
-    """Per scenario that ran both: MB/s of one worker, of N, and N / one."""
-    by = {(r["scenario"], r["server"]): r for r in results if "error" not in r}
-    ratios = []
+    """Per scenario that ran both: each round's MB/s of one worker, of N and
+    N / one (the two measured back to back), and the medians over the rounds."""
+    rounds: dict = {}
     for r in results:
-        if r["server"] != one or (r["scenario"], many) not in by or "error" in r:
-            continue
-        other = by[(r["scenario"], many)]
-        ratios.append({"scenario": r["scenario"], "one_worker_mbps": r["mbps"],
-                       "workers_mbps": other["mbps"], "ratio": other["mbps"] / r["mbps"]})
+        if r["server"] in (one, many) and "error" not in r:
+            rounds.setdefault(r["scenario"], {}).setdefault(r.get("round", 1), {})[r["server"]] = r
+    ratios = []
+    for scenario, by_round in rounds.items():
+        pairs = [{"round": number, "one_worker_mbps": pair[one]["mbps"],
+                  "workers_mbps": pair[many]["mbps"],
+                  "ratio": pair[many]["mbps"] / pair[one]["mbps"]}
+                 for number, pair in sorted(by_round.items()) if one in pair and many in pair]
+        if pairs:
+            ratios.append({"scenario": scenario, "rounds": pairs, **{
+                key: statistics.median(p[key] for p in pairs)
+                for key in ("one_worker_mbps", "workers_mbps", "ratio")}})
     return ratios
 
 
@@ -108,10 +115,12 @@ def workers_table(ratios: list, count: int) -> str:
     if not ratios:
         return ""
     lines = [["scenario (--state redis://)", "1 worker MB/s", f"{count} workers MB/s",
-              f"{count} workers / 1"]]
+              f"{count} workers / 1", "each round"]]
     lines += [[r["scenario"], _number(r["one_worker_mbps"]), _number(r["workers_mbps"]),
-               f"{r['ratio']:.2f}x"] for r in ratios]
-    return _render(lines)
+               f"{r['ratio']:.2f}x", " ".join(f"{p['ratio']:.2f}" for p in r["rounds"])]
+              for r in ratios]
+    return (_render(lines)
+            + "\n(medians over the rounds; one worker and N take turns going first)")
 
 
 def cpu_table(results: list) -> str:
@@ -125,7 +134,10 @@ def cpu_table(results: list) -> str:
     lines = [["CPU-s/GiB by process"] + names]
     for r in rows:
         spent = r["cpu_s_per_gib_by_process"]
-        lines.append([f"{r['scenario']}: {r['server']}"] +
+        label = f"{r['scenario']}: {r['server']}"
+        if "round" in r:
+            label += f", round {r['round']}"
+        lines.append([label] +
                      [_number(spent[n]) if n in spent else "" for n in names])
     return _render(lines)
 

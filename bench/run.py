@@ -10,9 +10,11 @@ does, so that the bench cannot rot).
 ``--save "" --appendonly no``; stopped at the end) and runs 200 x 64 KiB
 and 64 x 4 MiB concurrent (with ``--quick``, 8 x 256 KiB) against
 Incoming!! with ``--state`` in one process and with ``--workers N``, each
-start under a fresh ``--state-prefix``, and prints both MB/s, the ratio
-N workers / 1 worker, and the CPU of each process (parent, workers,
-redis-server, the bench's backend, the load client) per GiB.  Server CPU
+start under a fresh ``--state-prefix``, in 3 rounds (2 with ``--quick``)
+that take turns at which goes first, and prints the medians of both MB/s
+and of the ratio N workers / 1 worker, each round's ratio, and the CPU of
+each process (parent, workers, redis-server, the bench's backend, the load
+client) per GiB.  Server CPU
 and peak RSS count the whole process tree (parent plus workers).
 
 ``--s3`` also starts a Ceph RADOS Gateway of its own (bench/s3.py) and
@@ -74,7 +76,7 @@ FULL = {
               Load(200, 64 * 1024), Load(200, 64 * 1024, sequential=True)],
     "memory_stages": (100, 1000), "hold": 5.0,
     "proxied": Load(1, 256 * MIB),
-    "workers_loads": ("200 x 64 KiB concurrent", "64 x 4 MiB concurrent"),
+    "workers_loads": ("200 x 64 KiB concurrent", "64 x 4 MiB concurrent"), "workers_rounds": 3,
     "s3_loads": [Load(1, GIB), Load(8, 64 * MIB)], "s3_rounds": 3,
 }
 QUICK = {
@@ -82,7 +84,7 @@ QUICK = {
     "loads": [Load(1, 4 * MIB), Load(8, 256 * 1024), Load(10, 64 * 1024, sequential=True)],
     "memory_stages": (5, 20), "hold": 0.3,
     "proxied": Load(1, MIB),
-    "workers_loads": ("8 x 256 KiB concurrent",),
+    "workers_loads": ("8 x 256 KiB concurrent",), "workers_rounds": 2,
     "s3_loads": [Load(1, 20 * MIB), Load(3, 6 * MIB)], "s3_rounds": 2,
 }
 
@@ -92,11 +94,10 @@ def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0, s3
     if s3 is not None:
         yield from s3_plan(settings, s3)
     for load in settings["loads"]:
-        setups = (REFERENCE, DIGEST_ON, DIGEST_OFF)
-        if workers and load.name in settings["workers_loads"]:
-            setups += (ONE_WORKER, workers_setup(workers))
-        for setup in setups:
+        for setup in (REFERENCE, DIGEST_ON, DIGEST_OFF):
             yield load.name, "throughput", setup, lambda b, s=setup, l=load: b.throughput(s, l)
+        if workers and load.name in settings["workers_loads"]:
+            yield from workers_rounds(load, workers, settings["workers_rounds"])
     stages = settings["memory_stages"]
     name = f"{stages[-1]} open uploads"
     for setup in (REFERENCE, DIGEST_ON):
@@ -105,6 +106,17 @@ def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0, s3
     name = f"{load.name} via {2 * delay_ms:g} ms RTT, {rate_mbps:g} MB/s"
     for setup in (REFERENCE, ZERO_ONE, BYTE_WINDOW):
         yield name, "throughput", setup, lambda b, s=setup: b.throughput(s, load, proxied=True)
+
+
+def workers_rounds(load, workers: int, rounds: int):
+    """One worker and N workers in rounds, taking turns to go first: on
+    this kind of machine one run swings by a third, so one pair of runs
+    says little."""
+    turns = [ONE_WORKER, workers_setup(workers)]
+    for number in range(1, rounds + 1):
+        for setup in turns if number % 2 else reversed(turns):
+            yield load.name, "throughput", setup, (
+                lambda b, s=setup, n=number: {**b.throughput(s, load), "round": n})
 
 
 def s3_plan(settings: dict, s3):
