@@ -61,10 +61,11 @@ def table(results: list, kind: str) -> str:
         header.append("sha256 verified")
     lines = [header]
     for r in rows:
+        server = r["server"] + (f", round {r['round']}" if "round" in r else "")
         if "error" in r:
-            lines.append([r["scenario"], r["server"], f"FAILED: {r['error']}"])
+            lines.append([r["scenario"], server, f"FAILED: {r['error']}"])
             continue
-        line = [r["scenario"], r["server"]] + [_cell(r, key) for key, _ in figures]
+        line = [r["scenario"], server] + [_cell(r, key) for key, _ in figures]
         if kind != "memory":
             line.append(_check(r))
         lines.append(line)

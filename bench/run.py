@@ -115,8 +115,8 @@ def workers_rounds(load, workers: int, rounds: int):
     turns = [ONE_WORKER, workers_setup(workers)]
     for number in range(1, rounds + 1):
         for setup in turns if number % 2 else reversed(turns):
-            yield load.name, "throughput", setup, (
-                lambda b, s=setup, n=number: {**b.throughput(s, load), "round": n})
+            yield (load.name, "throughput", setup,
+                   lambda b, s=setup: b.throughput(s, load), {"round": number})
 
 
 def s3_plan(settings: dict, s3):
@@ -258,11 +258,12 @@ def main(argv=None):
 
 def run_plan(bench: Bench, steps, only: str | None) -> list:
     results = []
-    for name, kind, setup, measure in steps:
+    for name, kind, setup, measure, *extra in steps:  # extra: {"round": n} in rounds
         if only and only not in name:
             continue
         began = time.monotonic()
-        result = {"scenario": name, "kind": kind, "server": setup.label}
+        result = {"scenario": name, "kind": kind, "server": setup.label,
+                  **(extra[0] if extra else {})}
         try:
             result.update(measure(bench))
         except (ScenarioFailed, RuntimeError) as e:

@@ -3,15 +3,16 @@ The sha256 of an upload: computed as chunks arrive, or read back from the
 data store when the stream could not (after a restart).
 
 Small chunks are hashed on the reactor thread (tens of µs, cheaper than a
-thread trip).  Larger ones are too while the server as a whole hashes
-slowly (a browser's 30-90 MB/s): a trip to an idle storage thread and back
-wakes two threads and hands the GIL over, which cost 2.4 CPU-s per GiB of
-512 KiB chunks on our 2-core VM against 0.65 for the hashing itself (one
-Chromium upload: the server's 6.8 CPU-s/GiB fell to 4.2-4.6).  Past
-`INLINE_HASH_RATE`, where the reactor thread would spend more than a few
-per cent of its time hashing, chunks go to the storage pool, where hashlib
-releases the GIL and uses the second core, in order.  The backlog tells the
-upload when to stop reading from the browser.
+thread trip).  Larger ones are too, up to `INLINE_HASH_RATE` bytes a second
+for the whole process (one browser's 30-60 MB/s fits): a trip to an idle
+storage thread and back wakes two threads and hands the GIL over, which
+cost 2.4 CPU-s per GiB of 512 KiB chunks on our 2-core VM against 0.65 for
+the hashing itself (one Chromium upload: the server's 6.8 CPU-s/GiB fell
+to 4.2-4.6).  Beyond that rate, where the reactor thread would spend more
+than a few per cent of its time hashing, chunks go to the storage pool,
+where hashlib releases the GIL and uses the second core, in order; so does
+a chunk larger than the burst.  The backlog tells the upload when to stop
+reading from the browser.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 
 # Chunks up to this size are always hashed on the reactor thread.
 INLINE_HASH_BYTES = 64 * 1024
-# Larger chunks, up to this many bytes a second for the whole server (about
-# 4 % of a core at sha256's 1.5 GB/s here), with a burst of INLINE_HASH_BURST.
+# Larger chunks, up to this many bytes a second per process (each --workers
+# worker has its own; about 4 % of a core at sha256's 1.5 GB/s here), with a
+# burst of INLINE_HASH_BURST.
 INLINE_HASH_RATE = 64 * 1024 * 1024
 INLINE_HASH_BURST = 4 * 1024 * 1024
 READ_BLOCK = 1 << 20
@@ -32,7 +34,7 @@ READ_BLOCK = 1 << 20
 class InlineHashBudget:
     """The bytes of large chunks the reactor thread may still hash itself:
     a token bucket, refilled at ``rate`` bytes a second up to ``burst``,
-    shared by every upload of a server."""
+    shared by every upload of a process."""
 
     def __init__(self, seconds, rate: float = INLINE_HASH_RATE, burst: int = INLINE_HASH_BURST):
         self._seconds = seconds  # () -> elapsed seconds
@@ -44,7 +46,8 @@ class InlineHashBudget:
     def take(self, size: int) -> bool:
         """Spend ``size`` bytes of the budget if it holds them."""
         now = self._seconds()
-        self._left = min(self._burst, self._left + (now - self._at) * self._rate)
+        elapsed = max(0.0, now - self._at)  # a clock set back refills nothing
+        self._left = min(self._burst, self._left + elapsed * self._rate)
         self._at = now
         if size > self._left:
             return False

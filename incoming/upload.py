@@ -104,7 +104,7 @@ class Services:
     metrics: Any = NO_METRICS
     monotonic: Any = None  # () -> seconds; time.monotonic in production, else clock.seconds
     space: SpacePromises = attr.Factory(SpacePromises)  # room promised to connected uploads
-    # Large chunks the reactor thread hashes itself while the server hashes slowly.
+    # How many bytes of large chunks a second the reactor thread hashes itself.
     inline_hashing: InlineHashBudget = attr.Factory(
         lambda self: InlineHashBudget(self.elapsed_clock()), takes_self=True
     )

@@ -155,6 +155,10 @@ def test_the_budget_refills_at_its_rate_up_to_its_burst():
     assert budget.take(250)
     seconds.now += 60  # an idle minute refills no more than the burst
     assert budget.take(300) and not budget.take(1)
+    seconds.now -= 10  # a clock set back: nothing refilled, nothing owed
+    assert not budget.take(1)
+    seconds.now += 0.25
+    assert budget.take(250)
 
 
 def test_past_the_budget_chunks_go_to_a_thread_in_order():

@@ -79,10 +79,10 @@ LEAN_UPLOAD = """async (ticket) => {
     return {sent: (acked - started) / 1000, seconds: (done - started) / 1000, events};
 }"""
 
-ROUNDS = 5  # after one warm-up round of each, not counted (the first read
+ROUNDS = 6  # after one warm-up round of each, not counted (the first read
 # of the file and the first socket are slower).  The bare loop goes first in
-# even rounds, incoming.js in odd ones: whoever runs second may pay for the
-# garbage (8 MiB blocks) the first left in the page.
+# even rounds, incoming.js in odd ones (an even count: each first as often):
+# whoever runs second may pay for the garbage (8 MiB blocks) the first left.
 
 
 def start_sink(port: int) -> subprocess.Popen:
