@@ -159,7 +159,9 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, op
           f"({ours_mbps / sink_mbps:.2f}x), to onfinished (seal and handover included) "
           f"{whole_mbps:.1f} MB/s ({whole_mbps / sink_mbps:.2f}x); rounds: sink "
           f"{[round(x, 1) for x in bare]}, incoming.js {[round(x, 1) for x in ours]}, "
-          f"to onfinished {[round(x, 1) for x in whole]}; at {time.strftime('%H:%M:%S')}")
+          f"to onfinished {[round(x, 1) for x in whole]}; each round's ratio (to the last "
+          f"confirmation) {[round(o / b, 2) for o, b in zip(ours, bare, strict=True)]}; "
+          f"at {time.strftime('%H:%M:%S')}")
 
     def median_cpu(rounds: list, side: str) -> float:
         return statistics.median(r[side] for r in rounds)
