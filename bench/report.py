@@ -50,6 +50,11 @@ def _check(result: dict) -> str:
     return text
 
 
+def _server(result: dict) -> str:
+    """The server's label, with the round of a measurement made in rounds."""
+    return result["server"] + (f", round {result['round']}" if "round" in result else "")
+
+
 def table(results: list, kind: str) -> str:
     """One text table of the results of a kind (throughput or memory)."""
     rows = [r for r in results if r["kind"] == kind]
@@ -61,7 +66,7 @@ def table(results: list, kind: str) -> str:
         header.append("sha256 verified")
     lines = [header]
     for r in rows:
-        server = r["server"] + (f", round {r['round']}" if "round" in r else "")
+        server = _server(r)
         if "error" in r:
             lines.append([r["scenario"], server, f"FAILED: {r['error']}"])
             continue
@@ -135,10 +140,7 @@ def cpu_table(results: list) -> str:
     lines = [["CPU-s/GiB by process"] + names]
     for r in rows:
         spent = r["cpu_s_per_gib_by_process"]
-        label = f"{r['scenario']}: {r['server']}"
-        if "round" in r:
-            label += f", round {r['round']}"
-        lines.append([label] +
+        lines.append([f"{r['scenario']}: {_server(r)}"] +
                      [_number(spent[n]) if n in spent else "" for n in names])
     return _render(lines)
 

@@ -132,14 +132,15 @@ def s3_plan(settings: dict, s3):
             turns = [(boto3, lambda b, l=load: b.s3.upload_file(l.count, l.size)),
                      (ours, lambda b, l=load: b.throughput(ours, l))]
             for setup, measure in turns if number % 2 else reversed(turns):
-                yield name, "s3", setup, lambda b, m=measure, n=number: s3_round(b, m, n)
+                yield (name, "s3", setup, lambda b, m=measure: s3_round(b, m),
+                       {"round": number})
 
 
-def s3_round(bench: Bench, measure, number: int) -> dict:
+def s3_round(bench: Bench, measure) -> dict:
     """One measurement of a round, then (whatever its outcome) the
     gateway's garbage collected; a collection that fails fails this step."""
     try:
-        return {**measure(bench), "round": number}
+        return measure(bench)
     finally:
         try:
             bench.s3.collect_garbage()
