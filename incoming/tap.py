@@ -162,8 +162,10 @@ def makeService(config, reactor=None) -> MultiService:
     from .health import FolderCheck
     from .metrics import Metrics
     from .tls import backend_tls_policy
+    from .twisted_speedups import remember_pure_results
     from .web import make_site, metrics_site
 
+    remember_pure_results()  # see incoming.twisted_speedups
     settings = config.settings
     from .workers import WORKER_ENV, AdoptedPort, WorkerParent, watch_parent
 
