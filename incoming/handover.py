@@ -3,7 +3,7 @@ Calls to the web app backend's ``signalFinishURL``.
 
 The backend gets a form POST when a file is complete (answer ``done`` or
 ``wait``) and when an upload is cancelled (answer ignored).  The HTTP client
-(treq, or treq's StubTreq in tests) and the clock are passed in.
+(`backend_http`, or treq's StubTreq in tests) and the clock are passed in.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from .deadline import Deadline
+from .form_client import FormClient
 
 DONE = "done"
 WAIT = "wait"
@@ -206,19 +207,15 @@ def backend_http(reactor, tls_policy):
     unused, and a new connection for a POST that got no answer on a pooled
     one (`PooledThenFresh`); IP literals connected to directly (the standard
     endpoint sends every name, 127.0.0.1 too, through getaddrinfo in a
-    thread); no cookie jar (a backend's cookies are never stored or sent
-    back)."""
-    from http.cookiejar import CookieJar, DefaultCookiePolicy
-
-    from treq.client import HTTPClient
+    thread); each POST made by the agent itself (`incoming.form_client`: no
+    cookies stored or sent, no redirects, none of treq's per-request
+    wrappers)."""
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
     endpoints = _BackendEndpoints(reactor, tls_policy or BrowserLikePolicyForHTTPS())
 
-    def client(pool) -> HTTPClient:
-        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-        no_cookies: Any = CookieJar(DefaultCookiePolicy(allowed_domains=[]))  # accepts none
-        return HTTPClient(agent, cookiejar=no_cookies)
+    def client(pool) -> FormClient:
+        return FormClient(Agent.usingEndpointFactory(reactor, endpoints, pool=pool))
 
     return PooledThenFresh(
         client(_Pool(reactor, persistent=True)), client(HTTPConnectionPool(reactor, False))

@@ -109,8 +109,9 @@ def make_site(
     """The whole server as a twisted.web Site, plus its upload registry
     (not restored yet: call ``registry.restore()``, as the service does at start).
 
-    ``clock`` is the reactor (or a Clock in tests); ``http`` is a treq
-    HTTPClient (or StubTreq) used for the handover calls; ``run_blocking``
+    ``clock`` is the reactor (or a Clock in tests); ``http`` is the
+    handover client (`incoming.handover.backend_http`, or treq's StubTreq)
+    used for the handover calls; ``run_blocking``
     runs blocking storage work (the storage pool in production).  ``demo``
     adds the /demo/ web app.  ``metrics`` (an incoming.metrics.Metrics)
     defaults to a new one with a registry of its own; ``stores`` (a

@@ -263,3 +263,56 @@ async def test_a_kept_connection_the_backend_drops_as_it_is_reused_fails_no_hand
     finally:
         await port.stopListening()
         await http.pooled._agent._pool.closeCachedConnections()
+
+
+class FormEcho(Resource):
+    """Keeps what each POST carried, as a backend would see it."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def render_POST(self, request):
+        self.seen.append(
+            (
+                request.uri,
+                request.getHeader(b"content-type"),
+                request.getHeader(b"cookie"),
+                request.content.read(),
+                request.args,
+            )
+        )
+        return b"done"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_form_reaches_the_backend_as_treq_sent_it():
+    """The same target, Content-Type and body bytes as treq's post."""
+    import treq as real_treq
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from incoming.form_client import FormClient
+
+    echo = FormEcho()
+    port = reactor.listenTCP(0, Site(echo), interface="127.0.0.1")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    url = base + "/hand over/ünï?x=a b&y=ä"
+    fields = {"id": "t-1", "filenameFromBrowser": "ré sumé & co.pdf", "cancelReason": "a=b"}
+    try:
+        ours = await FormClient(Agent(reactor, pool=pool)).post(url, data=fields)
+        assert ours.code == 200 and await real_treq.content(ours) == b"done"
+        theirs = await real_treq.post(url, data=fields, allow_redirects=False, pool=pool)
+        assert await real_treq.content(theirs) == b"done"
+    finally:
+        await port.stopListening()
+    assert echo.seen[0] == echo.seen[1]
+    uri, content_type, cookie, _, args = echo.seen[0]
+    assert uri == b"/hand%20over/%C3%BCn%C3%AF?x=a%20b&y=%C3%A4"
+    assert content_type == b"application/x-www-form-urlencoded" and cookie is None
+    assert args[b"filenameFromBrowser"] == ["ré sumé & co.pdf".encode()]
+    assert args[b"cancelReason"] == [b"a=b"]
+    with pytest.raises(ValueError):
+        FormClient(None).post(url, data=fields, allow_redirects=True)
