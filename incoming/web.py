@@ -16,7 +16,10 @@ from .metrics import NO_METRICS, Metrics, MetricsPage
 from .registry import UploadRegistry
 from .static import FileCache, library_files
 from .storage_pool import run_here
+from .ws_route import UploadSite
 from .wsproto import UploadFactory
+
+UPLOAD_WS_PATH = b"/incoming/0.1/frontend/upload_ws"  # where build_root puts it
 
 
 def build_root(
@@ -27,15 +30,17 @@ def build_root(
     run_blocking=run_here,
     metrics=NO_METRICS,
     health_checks=(),
+    websocket_factory=None,
 ) -> Resource:
     """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
     incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
-    /metrics unless --metrics-port moves it."""
+    /metrics unless --metrics-port moves it.  ``websocket_factory``: the
+    UploadFactory behind upload_ws (a new one by default)."""
     files = FileCache(run_blocking)
     frontend = Resource()
-    frontend.putChild(
-        b"upload_ws", WebSocketResource(UploadFactory(registry, settings, clock, metrics))
-    )
+    if websocket_factory is None:
+        websocket_factory = UploadFactory(registry, settings, clock, metrics)
+    frontend.putChild(b"upload_ws", WebSocketResource(websocket_factory))
     library_files(frontend, files)
     version = Resource()
     version.putChild(b"backend", backend_api(registry, settings))
@@ -67,9 +72,9 @@ def metrics_site(metrics, health_checks=()) -> Site:
     return _site(operations_pages(Resource(), metrics, health_checks))
 
 
-def _site(root: Resource) -> Site:
+def _site(root: Resource, site_class=Site, *args) -> Site:
     """A Site that logs without query strings and never shows tracebacks."""
-    site = Site(root, logFormatter=access_log_line)
+    site = site_class(root, *args, logFormatter=access_log_line)
     site.displayTracebacks = False
     return site
 
@@ -141,5 +146,8 @@ def make_site(
         registry = UploadRegistry(
             settings, stores, backend, clock, run_blocking, metrics, monotonic
         )
-    root = build_root(registry, settings, clock, demo, run_blocking, metrics, health_checks)
-    return _site(root), registry
+    websocket = UploadFactory(registry, settings, clock, metrics)
+    root = build_root(
+        registry, settings, clock, demo, run_blocking, metrics, health_checks, websocket
+    )
+    return _site(root, UploadSite, UPLOAD_WS_PATH, websocket), registry

@@ -77,6 +77,7 @@ class RunningServer:
     backend: FakeBackend
     backend_url: str
     http: HTTPClient
+    site: object = None  # the server's twisted.web Site
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/incoming/0.1/backend/{path}"
@@ -137,6 +138,7 @@ async def start_server(tmp_path, backend_port_number=0, **overrides):
         backend=backend,
         backend_url=f"http://127.0.0.1:{backend_port.getHost().port}/handover",
         http=http,
+        site=site,
     )
 
     async def stop():
