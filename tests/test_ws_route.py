@@ -13,6 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from incoming.ws_route import HEAD_LIMIT, UploadSite, is_upgrade
+from test_protocol import wait_until
 from wsclient import upload
 
 LINE = b"GET /incoming/0.1/frontend/upload_ws"
@@ -63,14 +64,6 @@ class Raw(protocol.Protocol):
 
 async def connect(port) -> Raw:
     return await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Raw())
-
-
-async def wait_until(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
