@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +72,13 @@ class FirstRequestRouter(Protocol):
         self._idle: Any = None  # the timeout's IDelayedCall
 
     def connectionMade(self):
+        if ITCPTransport.providedBy(self.transport):
+            # As twisted.web's channel does for every connection.  Autobahn
+            # means to as well, but before its protocol has the option, so
+            # the error is swallowed: a small message right after another
+            # (MsgAllDone after the last MsgChunkAck) then waited ~40 ms
+            # for the browser's delayed ACK.
+            self.transport.setTcpNoDelay(True)
         if self._site.timeOut is not None:
             self._idle = self._site.reactor.callLater(self._site.timeOut, self._time_out)
 

@@ -7,14 +7,14 @@ import os
 import pytest
 import pytest_twisted
 from autobahn.twisted.resource import WebSocketResource
+from test_protocol import wait_until
 from twisted.internet import defer, protocol, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from wsclient import upload
 
 from incoming.ws_route import HEAD_LIMIT, UploadSite, is_upgrade
-from test_protocol import wait_until
-from wsclient import upload
 
 LINE = b"GET /incoming/0.1/frontend/upload_ws"
 UPGRADE = (
@@ -184,3 +184,29 @@ async def test_an_upgraded_connection_outlives_the_sites_timeout(server):
     slow = upload(server.port, ticket, data=os.urandom(256 * 1024), pace=0.15)
     outcome = await slow
     assert outcome.last() == ("MsgAllDone", {"Success": True})  # over 0.5 s, not cut at 0.2
+
+
+class Keeper(protocol.Protocol):
+    def connectionMade(self):
+        self.factory.made.append(self)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgraded_connection_sends_without_waiting_for_acks(server):
+    """TCP_NODELAY, as twisted.web sets it: without it a small message right
+    after another waits for the peer's delayed ACK (~40 ms a handover)."""
+    import socket
+
+    keeper = protocol.Factory.forProtocol(Keeper)
+    keeper.made = []
+    port = reactor.listenTCP(0, UploadSite(Resource(), b"/ws", keeper), interface="127.0.0.1")
+    try:
+        client = await connect(port.getHost().port)
+        client.transport.write(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+        await wait_until(lambda: keeper.made)
+        handle = keeper.made[0].transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        client.transport.loseConnection()
+        await client.closed
+    finally:
+        await port.stopListening()
