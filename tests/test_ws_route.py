@@ -127,7 +127,8 @@ async def test_what_is_not_an_upgrade_is_answered_as_twisted_web_answers_it(serv
     try:
         requests = [
             LINE + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-            b"GET /incoming/0.1/frontend/incoming.js HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            b"GET /incoming/0.1/frontend/incoming.js HTTP/1.1\r\n"
+            b"Host: h\r\nConnection: close\r\n\r\n",
             b"GET /health HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
             b"GET /nowhere HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         ]
