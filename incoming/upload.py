@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred,
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .automat_inputs import bind_inputs_once
 from .deadline import Deadline
 from .hashing import InlineHashBudget, StreamDigest, digest_of
 from .interfaces import (
@@ -1430,3 +1431,6 @@ class Upload:
         forgotten.upon(_input, enter=forgotten, outputs=[])  # late results
     del _input
     del _state
+
+
+bind_inputs_once(Upload)  # see incoming.automat_inputs
