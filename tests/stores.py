@@ -21,7 +21,7 @@ def storage_work(request, where: str):
         return run_here
     pool = StoragePool(reactor, threads=4)
     pool.startService()
-    request.addfinalizer(pool._pool.stop)
+    request.addfinalizer(pool.stop_now)
     return pool.run
 
 
