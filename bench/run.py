@@ -2,7 +2,10 @@
 ``python -m bench``: run every scenario against the installed Incoming!!
 (sha256 digest on, and ``--digest none``) and against the reference
 server, print a table with each figure's ratio to the reference, print the
-JSON and write it to bench/results/latest.json.  Installs nothing; all
+JSON and write it to bench/results/latest.json.  Uploads of 64 KiB or less
+also run against bench/floor_server.py, the least a server on Incoming!!'s
+libraries (twisted.web, Autobahn, a Twisted Agent) can do for the same
+cycle: what of the cost per upload is the stack's.  Installs nothing; all
 traffic stays on 127.0.0.1.  ``--quick`` runs tiny sizes (the test suite
 does, so that the bench cannot rot).
 
@@ -60,6 +63,7 @@ from bench.servers import Backend, start_redis
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
 
 REFERENCE = Setup("reference", reference=True)
+FLOOR = Setup("stack floor", floor=True)
 DIGEST_ON = Setup("incoming sha256", ("--digest", "sha256"))
 DIGEST_OFF = Setup("incoming no digest", ("--digest", "none"))
 ZERO_ONE = Setup("incoming 0.1 window", ("--digest", "sha256"))
@@ -70,6 +74,10 @@ ONE_WORKER = Setup("incoming redis 1 worker", ("--digest", "sha256"), workers=1)
 def workers_setup(count: int) -> Setup:
     return Setup(f"incoming redis {count} workers", ("--digest", "sha256"), workers=count)
 
+
+# Uploads this small are measured against bench.floor_server too: their cost
+# is mostly per upload, and most of that is the libraries'.
+SMALL_UPLOAD = 64 * 1024
 
 FULL = {
     "loads": [Load(1, GIB), Load(8, 64 * MIB), Load(64, 4 * MIB),
@@ -94,7 +102,8 @@ def plan(settings: dict, delay_ms: float, rate_mbps: float, workers: int = 0, s3
     if s3 is not None:
         yield from s3_plan(settings, s3)
     for load in settings["loads"]:
-        for setup in (REFERENCE, DIGEST_ON, DIGEST_OFF):
+        floor = (FLOOR,) if load.size <= SMALL_UPLOAD else ()
+        for setup in (REFERENCE, *floor, DIGEST_ON, DIGEST_OFF):
             yield load.name, "throughput", setup, lambda b, s=setup, l=load: b.throughput(s, l)
         if workers and load.name in settings["workers_loads"]:
             yield from workers_rounds(load, workers, settings["workers_rounds"])

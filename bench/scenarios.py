@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from bench.procstat import cpu_seconds, memory_kib, tree_cpu_seconds, tree_memory_kib
-from bench.servers import REPO, start_incoming, start_proxy, start_reference
+from bench.servers import REPO, start_floor, start_incoming, start_proxy, start_reference
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -68,6 +68,7 @@ class Setup:
     label: str
     options: tuple = ()
     reference: bool = False
+    floor: bool = False  # bench.floor_server: the stack's floor, 0.1 protocol
     byte_window: bool = False
     workers: int = 0
     profile: str | None = None  # twistd --profile: cProfile statistics to this file
@@ -76,6 +77,8 @@ class Setup:
     def start(self, folder: str, storage: str, fsync: str, redis_url: str | None = None):
         if self.reference:
             return start_reference(folder, storage, fsync)
+        if self.floor:
+            return start_floor(folder, storage, fsync)
         options = ("--fsync", fsync, *self.options)
         if self.workers:
             if redis_url is None:

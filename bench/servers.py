@@ -116,6 +116,14 @@ def start_reference(folder: str, storage: str, fsync: str) -> ServerProcess:
     return ServerProcess(argv, port, folder, cwd=REPO)
 
 
+def start_floor(folder: str, storage: str, fsync: str) -> ServerProcess:
+    """bench.floor_server: the stack's own cost of an upload cycle."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor_server", "--port", str(port),
+            "--backlog", str(BACKLOG), "--dir", storage, "--fsync", fsync]
+    return ServerProcess(argv, port, folder, cwd=REPO)
+
+
 def start_proxy(folder: str, target_port: int, delay_ms: float, rate_mbps: float) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "bench.latency_proxy", "--listen", str(port),

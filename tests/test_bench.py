@@ -30,11 +30,15 @@ def test_quick_bench_prints_every_figure_with_its_ratio(tmp_path):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     results = json.loads(output.read_text())["results"]
     assert {(r["kind"], r["server"]) for r in results} == {
-        ("throughput", "reference"), ("throughput", "incoming sha256"),
+        ("throughput", "reference"), ("throughput", "stack floor"),
+        ("throughput", "incoming sha256"),
         ("throughput", "incoming no digest"), ("throughput", "incoming 0.1 window"),
         ("throughput", "incoming byte-window"),
         ("memory", "reference"), ("memory", "incoming sha256"),
     }
+    # the stack's floor stands beside the small uploads only
+    assert {r["scenario"] for r in results if r["server"] == "stack floor"} == {
+        "10 x 64 KiB sequential"}
     printed = run.stdout.splitlines()
     for result in results:
         figures = FIGURES[result["kind"]]
@@ -50,7 +54,8 @@ def test_quick_bench_prints_every_figure_with_its_ratio(tmp_path):
             assert result["verified"] >= 1 and f"{result['verified']} ok" in row, row
         if result["kind"] == "throughput" and result["server"] != "reference":
             # The handover carries the server's digest only when it is on.
-            sent = 0 if result["server"] == "incoming no digest" else result["verified"]
+            no_digest = result["server"] in ("incoming no digest", "stack floor")
+            sent = 0 if no_digest else result["verified"]
             assert result["handover_sha256"] == sent, result
 
 
