@@ -19,7 +19,8 @@
  * chunks, so long links fill up; with the "takeover" feature a reconnect
  * replaces its own dead connection within about a second; with the
  * "fingerprint" feature it proves, by the SHA-256 of a sample of the bytes
- * the server holds, that it resumes with the same file.
+ * the server holds, that it resumes with the same file; with "batched-acks"
+ * the server may acknowledge several chunks with one message.
  */
 (function (root, factory) {
     "use strict";
@@ -61,7 +62,7 @@
     TRANSIENT[ERROR.STORE_UNAVAILABLE] = true;  // its Redis is away; it keeps what it has
 
     // Announced in MsgUploadReq; 0.1 servers ignore them (see incoming/wire.py).
-    var FEATURES = ["byte-window", "takeover", "fingerprint", "idle-timeout"];
+    var FEATURES = ["byte-window", "takeover", "fingerprint", "idle-timeout", "batched-acks"];
     var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
     var MAX_SAMPLE = 64 * 1024;  // most bytes a MsgUploadConf Sample may ask for
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
@@ -400,9 +401,10 @@
 
     Uploader.prototype._onChunkAck = function (ws, body) {
         var size = Number(body.ChunkSize) || 0;
-        this._sizeWindow(size);
-        this.bytes_acked = Math.min(this.bytes_total, this.bytes_acked + size);
-        this.chunks_acked_now += 1;
+        var acked = Math.min(this.bytes_total, this.bytes_acked + size);
+        // With "batched-acks" one ack may cover several chunks, the oldest.
+        this.chunks_acked_now += this._sizeWindow(size, acked);
+        this.bytes_acked = acked;
         this._retries = 0;  // progress: the next retry is fast again
         this._update(this.bytes_acked >= this.bytes_total ? "handing over" : "uploading");
         this._pump(ws);
@@ -452,10 +454,17 @@
     // faster on loopback (28.2 against 27.8 MB/s) and it bloated a 50 ms,
     // 20 MB/s link (round trips 175 -> 497 ms, 17.0 -> 15.4 MB/s): there the
     // operating system takes the bytes, so the buffer is nearly always dry.
-    Uploader.prototype._sizeWindow = function (ackedBytes) {
+    // Returns how many chunks the ack covers; the round trip is the newest
+    // one's (a batched ack goes out as that chunk is stored).
+    Uploader.prototype._sizeWindow = function (ackedBytes, ackedTo) {
         var sent = this._sent.shift();
+        var covered = 1;
+        while (this._sent.length && this._sent[0][0] <= ackedTo) {
+            sent = this._sent.shift();
+            covered += 1;
+        }
         if (!this._windowMax || !sent) {
-            return;
+            return covered;
         }
         var rtt = now() - sent[1];
         this._minRtt = Math.min(this._minRtt, rtt);
@@ -468,6 +477,7 @@
             this._window = Math.max(this._sendAhead * this._chunkSize,
                                     Math.floor(this._window * 0.9));
         }
+        return covered;
     };
 
     function now() {

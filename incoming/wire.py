@@ -79,6 +79,13 @@ change of meaning is used only with a client that announced it in
                  unfinished uploads (to resume after a page reload) knows
                  when the ticket is gone.  Without the feature a client
                  gets exactly the 0.1 MsgUploadConf.
+  "batched-acks" One MsgChunkAck may acknowledge several chunks: its
+                 ``ChunkSize`` is then their sizes added up, the chunks being
+                 the oldest unacknowledged ones.  The server holds a chunk's
+                 ack while the next chunk is already arriving, for at most 4
+                 chunks or 50 ms, and sends what it holds before any other
+                 message.  Without the feature every chunk gets its own ack,
+                 as in 0.1.
 """
 
 import json
@@ -156,6 +163,7 @@ BYTE_WINDOW = "byte-window"
 TAKEOVER = "takeover"
 FINGERPRINT = "fingerprint"
 IDLE_TIMEOUT = "idle-timeout"
+BATCHED_ACKS = "batched-acks"
 
 # Bytes just before FilePos that a "fingerprint" client digests on a resume.
 SAMPLE_BYTES = 4096

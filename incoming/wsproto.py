@@ -41,6 +41,11 @@ MAX_HELD_FRAMES = 16
 
 READ_BYTES = 256 * 1024  # per recv() from a browser's socket
 
+# A "batched-acks" client: a chunk's ack waits while the next chunk is
+# already arriving, for at most this many chunks or this long (wire.py).
+ACKS_HELD_MAX = 4
+ACK_HOLD_SECONDS = 0.05
+
 
 class UploadProtocol(WebSocketServerProtocol):
     """One browser connection; bound to at most one upload."""
@@ -67,6 +72,10 @@ class UploadProtocol(WebSocketServerProtocol):
         self._echo_expected = False  # we sent MsgCancel; a 0.1 page echoes it
         self._window_bytes = None  # set for a client that announced byte-window
         self._idle_timeout = None  # set for a client that announced idle-timeout
+        self._batch_acks = False  # a client that announced batched-acks
+        self._held_ack_bytes = 0  # acks not sent yet (batched-acks)
+        self._held_acks = 0
+        self._ack_timer: Any = None
         self.features: frozenset = frozenset()  # what its MsgUploadReq announced
         self._finding: list | None = None  # messages held while the upload is looked up
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
@@ -131,6 +140,7 @@ class UploadProtocol(WebSocketServerProtocol):
             self._window_bytes = self.factory.settings.window
         if wire.IDLE_TIMEOUT in features:
             self._idle_timeout = self.factory.settings.idle_timeout
+        self._batch_acks = wire.BATCHED_ACKS in features
         self._cancel_deadline()
         self._finding = []
         d = self.factory.registry.find(upload_id)
@@ -210,6 +220,9 @@ class UploadProtocol(WebSocketServerProtocol):
             self.factory.clock.callLater(0, closed.callback, None)
         if getattr(self, "_deadline", None) is not None:
             self._cancel_deadline()
+        if getattr(self, "_ack_timer", None) is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         upload = getattr(self, "_upload", None)
         if upload is not None:
             upload.disconnect(self)
@@ -245,6 +258,8 @@ class UploadProtocol(WebSocketServerProtocol):
             transport.abortConnection()
 
     def _send_message(self, message: bytes) -> None:
+        if self._held_acks:
+            self._send_held_acks()  # acks go out before what follows them
         if not self._closing:
             self.sendMessage(message)
 
@@ -256,7 +271,28 @@ class UploadProtocol(WebSocketServerProtocol):
         )
 
     def send_chunk_ack(self, size):
-        self._send_message(wire.msg_chunk_ack(size))
+        if not self._batch_acks:
+            self._send_message(wire.msg_chunk_ack(size))
+            return
+        # Held while the next chunk is already coming in (its bytes are in
+        # Autobahn's buffer): its own ack then covers both.  A browser pays
+        # for every message it receives, and at a browser's pace one ack per
+        # chunk was a few per cent of its CPU.
+        self._held_ack_bytes += size
+        self._held_acks += 1
+        if self._held_acks >= ACKS_HELD_MAX or not self.data:
+            self._send_held_acks()
+        elif self._ack_timer is None:
+            self._ack_timer = self.factory.clock.callLater(ACK_HOLD_SECONDS, self._send_held_acks)
+
+    def _send_held_acks(self) -> None:
+        if self._ack_timer is not None:
+            if self._ack_timer.active():
+                self._ack_timer.cancel()
+            self._ack_timer = None
+        size, self._held_ack_bytes, self._held_acks = self._held_ack_bytes, 0, 0
+        if size and not self._closing:
+            self.sendMessage(wire.msg_chunk_ack(size))
 
     def finish_ok(self):
         self._send_message(wire.msg_all_done())
@@ -286,6 +322,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def close(self):
         if not self._closing:
+            if self._held_acks:
+                self._send_held_acks()
             self._closing = True
             self.sendClose(CLOSE_NORMAL)
 
@@ -303,6 +341,8 @@ class UploadProtocol(WebSocketServerProtocol):
         """The server stops: close with 1001; the browser will resume later."""
         closed = self.closed or succeed(None)
         if not self._closing:
+            if self._held_acks:
+                self._send_held_acks()
             self._closing = True
             # sendClose() only takes 1000 and 3000-4999; 1001 is a protocol code.
             self.sendCloseFrame(code=CLOSE_GOING_AWAY, reasonUtf8=b"server restarting")

@@ -7,6 +7,7 @@ send an oversize frame, send past the end, send raw text.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -64,6 +65,7 @@ class ZeroOneClient(WebSocketClientProtocol):
         self.outcome = f.outcome
         self.pos = 0
         self.in_flight = 0
+        self.sent_ends = collections.deque()  # where each unacknowledged chunk ends
         self.chunk = 0
         self.ahead = 0
         self.stopped = False
@@ -107,8 +109,12 @@ class ZeroOneClient(WebSocketClientProtocol):
             self._send("MsgAck", ack)
             self.pump()
         elif msg_type == "MsgChunkAck":
-            self.in_flight -= 1
             self.outcome.acked += data["ChunkSize"]
+            # a "batched-acks" ack covers the oldest chunks its size adds up to
+            acked_to = self.outcome.file_pos + self.outcome.acked
+            while self.sent_ends and self.sent_ends[0] <= acked_to:
+                self.sent_ends.popleft()
+            self.in_flight = len(self.sent_ends)
             self.pump()
 
     def pump(self):
@@ -128,6 +134,7 @@ class ZeroOneClient(WebSocketClientProtocol):
             data = f.source.read(self.pos, min(self.chunk, limit - self.pos))
             self.sendMessage(data, isBinary=True)
             self.pos += len(data)
+            self.sent_ends.append(self.pos)
             self.in_flight += 1
         if self.pos >= limit and self.in_flight == 0:
             if f.stop_at is not None:

@@ -305,6 +305,15 @@ export class FakeWebSocket {
         }
     }
 
+    /** One MsgChunkAck for the next `n` chunks ("batched-acks"): its
+     * ChunkSize is their sizes added up. */
+    ackBatch(n) {
+        const chunks = this.chunks().slice(this.ackedChunks, this.ackedChunks + n);
+        if (chunks.length < n) throw new Error("not that many chunks to ack");
+        this.ackedChunks += n;
+        this.deliver("MsgChunkAck", { ChunkSize: chunks.reduce((sum, c) => sum + c.length, 0) });
+    }
+
     /** Ack every chunk sent so far. */
     ackAll() {
         this.ack(this.chunks().length - this.ackedChunks);

@@ -92,7 +92,7 @@ test("start() connects once and sends MsgUploadReq with the ticket, size, name, 
         MsgType: "MsgUploadReq",
         MsgData: {
             Id: "ticket-1", LengthBytes: 12345, Name: "a b.txt",
-            Features: ["byte-window", "takeover", "fingerprint", "idle-timeout"], LastModified: LAST_MODIFIED,
+            Features: ["byte-window", "takeover", "fingerprint", "idle-timeout", "batched-acks"], LastModified: LAST_MODIFIED,
         },
     }]);
 });

@@ -58,9 +58,9 @@ async function reconnect(page, ws) {
     return { ws2, acked };
 }
 
-test("the upload request announces the byte-window, takeover, fingerprint and idle-timeout features", async () => {
+test("the upload request announces the byte-window, takeover, fingerprint, idle-timeout and batched-acks features", async () => {
     const { ws } = await started(KiB);
-    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint", "idle-timeout"]);
+    assert.deepEqual(ws.messages("MsgUploadReq")[0].MsgData.Features, ["byte-window", "takeover", "fingerprint", "idle-timeout", "batched-acks"]);
 });
 
 test("0.1 server (no WindowBytes): never more than SendAhead chunks unacknowledged", async () => {
@@ -193,4 +193,43 @@ test("byte window: after a reconnect the shortest round trip is measured afresh 
     // congested and pin the window to its floor.  It doubles instead.
     const after = await rounds(page, ws2, 60, 4);
     assert.deepEqual(after.map((b) => b / KiB), [8, 16, 32, 64]);
+});
+
+test("batched acks: one ack of several chunks frees them all, and the window grows by their sum", async () => {
+    const { page, up, ws } = await started(MiB, {
+        FilePos: 0, ChunkSizeKB: 1, SendAhead: 4, WindowBytes: 64 * KiB,
+    });
+    assert.equal(ws.unacked(), 4);
+    page.clock.advance(10);
+    ws.ackBatch(3);  // the oldest three in one message
+    await flush();
+    assert.equal(up.bytes_acked, 3 * KiB);
+    // quick round trip: the window grew by the 3 KiB acked, to 7 chunks
+    assert.equal(ws.bytesInFlight(), 7 * KiB);
+    assert.equal(up.chunks_ahead, ws.unacked());
+    assert.equal(up.bytes_ahead, ws.bytesInFlight());
+    // batches of four as a server sends them: when the fourth chunk is in,
+    // 10 ms after it was sent (a quick round trip): it grows to WindowBytes
+    for (let i = 0; i < 60; i++) {
+        const n = Math.min(4, ws.unacked());
+        const due = ws.chunkTimes()[ws.ackedChunks + n - 1] + 10;
+        page.clock.advance(Math.max(0, due - page.clock.now));
+        ws.ackBatch(n);
+        await flush();
+        assert.equal(up.chunks_ahead, ws.unacked());
+    }
+    assert.equal(ws.bytesInFlight(), 64 * KiB);
+    const data = await ackUntilIdle(ws);
+    assert.deepEqual(data, expectedBytes(0, MiB));
+    assert.equal(up.bytes_acked, MiB);
+});
+
+test("batched acks against a 0.1-style SendAhead: a batch of n lets n chunks go", async () => {
+    const { up, ws } = await started(100 * KiB, { FilePos: 0, ChunkSizeKB: 1, SendAhead: 6 });
+    assert.equal(ws.unacked(), 6);
+    ws.ackBatch(4);
+    await flush();
+    assert.equal(ws.unacked(), 6);  // four more went
+    assert.equal(up.chunks_ahead, 6);
+    assert.equal(up.bytes_acked, 4 * KiB);
 });
