@@ -12,7 +12,7 @@ import ipaddress
 from typing import Any
 
 import treq
-from twisted.internet.defer import Deferred, TimeoutError, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, inlineCallbacks
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -241,9 +241,20 @@ class PooledThenFresh:
     def post(self, url, **kwargs) -> Deferred:
         def again(failure):
             failure.trap(*NOT_ANSWERED)
+            if _cancelled(failure):  # our timeout gave up on it: not again
+                return failure
             return self.fresh.post(url, **kwargs)
 
         return self.pooled.post(url, **kwargs).addErrback(again)
+
+
+def _cancelled(failure) -> bool:
+    """Whether a request failed because its Deferred was cancelled (Twisted
+    wraps the CancelledError in the failures it lists as ``reasons``)."""
+    reasons = getattr(failure.value, "reasons", None) or []
+    return failure.check(CancelledError) is not None or any(
+        reason.check(CancelledError) for reason in reasons
+    )
 
 
 class _QuietClientFactory(web_client._HTTP11ClientFactory):

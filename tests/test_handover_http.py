@@ -58,6 +58,8 @@ class Backend(Resource):
         if request.path == b"/cookie":
             request.addCookie(b"session", b"abc", path=b"/")
             return b"done"
+        if request.path == b"/hang":  # never answers
+            return NOT_DONE_YET
         if request.path == b"/chatty":  # "done", then 10 MiB more, slowly
             request.write(b"done")
             self._more(request, 0)
@@ -316,3 +318,26 @@ async def test_the_form_reaches_the_backend_as_treq_sent_it():
     assert args[b"cancelReason"] == [b"a=b"]
     with pytest.raises(ValueError):
         FormClient(None).post(url, data=fields, allow_redirects=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handover_that_timed_out_is_not_sent_again():
+    """The timeout gives up on the POST; it must not go again on a fresh
+    connection behind the server's back (the backend would get a file the
+    server has reported as failed)."""
+    backend = Backend()
+    port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+    http = backend_http(reactor, None)
+    client = BackendClient(http, reactor, 0.3)
+    base = f"http://127.0.0.1:{port.getHost().port}"
+    try:
+        assert await client.hand_over(Ticket(base + "/ok"), "/f", "f.bin", None) == DONE
+        handing_over = client.hand_over(Ticket(base + "/hang"), "/f", "f.bin", None)
+        handing_over.addTimeout(3, reactor)  # a retried POST nobody times out hangs
+        with pytest.raises(HandoverFailed, match="did not answer"):
+            await handing_over
+        await deferLater(reactor, 0.5, lambda: None)
+        assert [r[1] for r in backend.requests] == [b"/ok", b"/hang"]
+    finally:
+        await port.stopListening()
+        await http.pooled._agent._pool.closeCachedConnections()
