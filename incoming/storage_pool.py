@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 # Threads for storage work: fsyncs of several uploads overlap, hashing
@@ -44,6 +45,7 @@ class StoragePool(Service):
     """
 
     name = "storage-pool"
+    _log = Logger()
 
     def __init__(self, reactor, threads: int = STORAGE_THREADS, name: str = "incoming-storage"):
         self._reactor = reactor
@@ -62,9 +64,11 @@ class StoragePool(Service):
         self._started: list[threading.Thread] = []
 
     def startService(self) -> None:
-        super().startService()
         with self._lock:
+            if self._stopped is not None:
+                raise RuntimeError(f"{self._thread_name}: still stopping")
             self._stopping = False
+        super().startService()
 
     def stopService(self):
         """Fire once every call asked for has run (a rename half-way is
@@ -85,7 +89,9 @@ class StoragePool(Service):
             self._jobs.append((f, args, d))
             if self._idle:
                 self._work_ready.notify()
-            elif self._threads < self._max_threads:
+            # An idle thread counts as idle until it has the lock again: a
+            # second call before then needs a thread of its own.
+            if len(self._jobs) > self._idle and self._threads < self._max_threads:
                 self._threads += 1
                 thread = threading.Thread(
                     target=self._work, name=f"{self._thread_name}-{next(self._numbers)}"
@@ -125,10 +131,13 @@ class StoragePool(Service):
             finished, self._finished = self._finished, []
             self._collecting = False
         for d, ok, value in finished:
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
+            try:
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+            except Exception:  # one caller's trouble (say, a cancelled call)
+                self._log.failure("storage call result not delivered")
 
     def _gone(self) -> None:
         with self._lock:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 
 from incoming.storage_pool import StoragePool
 
@@ -18,6 +18,11 @@ def pool():
     pool.startService()
     yield pool
     pool.stop_now()
+
+
+def within(d, seconds=5):
+    """A result that never comes fails the test instead of hanging it."""
+    return d.addTimeout(seconds, reactor)
 
 
 def names_alive(prefix="test-storage-"):
@@ -96,3 +101,24 @@ async def test_a_stopped_pool_with_nothing_to_do_stops_at_once():
     stopped = pool.stopService()
     assert stopped.called
     await stopped
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_calls_at_once_with_one_idle_thread_run_side_by_side(pool):
+    await pool.run(lambda: None)  # one thread started,
+    await task.deferLater(reactor, 0.1, lambda: None)  # and waiting for work
+    both = threading.Barrier(2, timeout=2)  # each waits for the other
+    await within(defer.gatherResults([pool.run(both.wait), pool.run(both.wait)]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_starting_again_while_still_stopping_is_refused():
+    pool = StoragePool(reactor, threads=1, name="restart-storage")
+    pool.startService()
+    go = threading.Event()
+    pool.run(go.wait, 2)
+    stopping = pool.stopService()
+    with pytest.raises(RuntimeError, match="still stopping"):
+        pool.startService()
+    go.set()
+    await within(stopping)
