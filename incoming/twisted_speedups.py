@@ -50,9 +50,7 @@ class SecondText:
 
     def __init__(self, format_time: Callable[..., str]) -> None:
         self._format_time = format_time
-        self._second: float | None = None
-        self._format: str | None = None
-        self._text = ""
+        self._last: tuple[float, str, str] | None = None  # one tuple: threads log too
         self.incoming_cached = True
 
     def __call__(self, when: Any, timeFormat: Any = None, default: str = "-", **kw: Any) -> str:
@@ -64,10 +62,10 @@ class SecondText:
             or not 0 <= when - (second := float(int(when))) < _SAFE_FRACTION
         ):
             return self._format_time(when, timeFormat, default, **kw)
-        if second != self._second or timeFormat != self._format:
-            self._text = self._format_time(second, timeFormat, default)
-            self._second, self._format = second, timeFormat
-        return self._text
+        last = self._last
+        if last is None or last[0] != second or last[1] != timeFormat:
+            last = self._last = (second, timeFormat, self._format_time(second, timeFormat, default))
+        return last[2]
 
 
 def remember_pure_results() -> None:

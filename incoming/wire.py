@@ -82,9 +82,10 @@ change of meaning is used only with a client that announced it in
   "batched-acks" One MsgChunkAck may acknowledge several chunks: its
                  ``ChunkSize`` is then their sizes added up, the chunks being
                  the oldest unacknowledged ones.  The server holds a chunk's
-                 ack while the next chunk is already arriving, for at most 4
-                 chunks or 50 ms, and sends what it holds before any other
-                 message.  Without the feature every chunk gets its own ack,
+                 ack while the next chunk is already arriving and more waits
+                 to be read (the client sends faster than the server takes
+                 it in), for at most 4 chunks or 50 ms, and sends what it
+                 holds before any other message.  Without the feature every chunk gets its own ack,
                  as in 0.1.
 """
 

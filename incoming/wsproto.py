@@ -76,6 +76,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._held_ack_bytes = 0  # acks not sent yet (batched-acks)
         self._held_acks = 0
         self._ack_timer: Any = None
+        self._read_was_full = False
         self.features: frozenset = frozenset()  # what its MsgUploadReq announced
         self._finding: list | None = None  # messages held while the upload is looked up
         self.closed: Deferred | None = Deferred()  # fires when the connection is gone
@@ -97,6 +98,10 @@ class UploadProtocol(WebSocketServerProtocol):
         self._deadline = None
 
     # ---- from the browser -------------------------------------------------
+
+    def dataReceived(self, data):
+        self._read_was_full = len(data) >= READ_BYTES  # more is waiting to be read
+        super().dataReceived(data)
 
     def onMessageFrameBegin(self, length):
         # Autobahn refuses a frame above the limit (the chunk size) by
@@ -275,12 +280,16 @@ class UploadProtocol(WebSocketServerProtocol):
             self._send_message(wire.msg_chunk_ack(size))
             return
         # Held while the next chunk is already coming in (its bytes are in
-        # Autobahn's buffer): its own ack then covers both.  A browser pays
-        # for every message it receives, and at a browser's pace one ack per
-        # chunk was a few per cent of its CPU.
+        # Autobahn's buffer) and more is waiting to be read (the last read
+        # filled its buffer: the browser sends faster than we take it in):
+        # its own ack then covers both, and comes as soon as it would have.
+        # On a link slower than the server, reads come up short and every
+        # ack goes at once, so the browser's round-trip times stay true.  A
+        # browser pays for every message it receives, and at a browser's
+        # pace one ack per chunk was a few per cent of its CPU.
         self._held_ack_bytes += size
         self._held_acks += 1
-        if self._held_acks >= ACKS_HELD_MAX or not self.data:
+        if self._held_acks >= ACKS_HELD_MAX or not (self.data and self._read_was_full):
             self._send_held_acks()
         elif self._ack_timer is None:
             self._ack_timer = self.factory.clock.callLater(ACK_HOLD_SECONDS, self._send_held_acks)
@@ -291,7 +300,7 @@ class UploadProtocol(WebSocketServerProtocol):
                 self._ack_timer.cancel()
             self._ack_timer = None
         size, self._held_ack_bytes, self._held_acks = self._held_ack_bytes, 0, 0
-        if size and not self._closing:
+        if size and not self._closing and self.state == self.STATE_OPEN:
             self.sendMessage(wire.msg_chunk_ack(size))
 
     def finish_ok(self):

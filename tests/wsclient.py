@@ -136,7 +136,7 @@ class ZeroOneClient(WebSocketClientProtocol):
             self.pos += len(data)
             self.sent_ends.append(self.pos)
             self.in_flight += 1
-        if self.pos >= limit and self.in_flight == 0:
+        if self.pos >= limit and (self.in_flight == 0 or f.act_at_once):
             if f.stop_at is not None:
                 self.stopped = True
                 self.act(f.action)
@@ -190,7 +190,8 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
            first_text: bytes = None, silent=False, host="127.0.0.1", origin=None,
            byte_window=False, tls=None, pace: float = 0.0, features=(),
            last_modified: int = None, sample: str = "answered",
-           reason: str = "user clicked cancel", error_text: str = "disk on fire") -> Deferred:
+           reason: str = "user clicked cancel", error_text: str = "disk on fire",
+           act_at_once: bool = False) -> Deferred:
     """Connect once and run the script; fire with the Outcome at close.
 
     ``tls`` (a client TLS connection creator, e.g. optionsForClientTLS)
@@ -214,6 +215,7 @@ def upload(port: int, upload_id: str, source: DataSource = None, *, data: bytes 
     factory.name = name
     factory.length = source.length if length is None else length
     factory.stop_at = stop_at
+    factory.act_at_once = act_at_once  # act right after the last chunk, before its ack
     factory.action = action
     factory.reason = reason
     factory.error_text = error_text
