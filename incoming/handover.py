@@ -249,12 +249,11 @@ class PooledThenFresh:
 
 
 def _cancelled(failure) -> bool:
-    """Whether a request failed because its Deferred was cancelled (Twisted
-    wraps the CancelledError in the failures it lists as ``reasons``)."""
+    """Whether a NOT_ANSWERED failure came of cancelling the request
+    (Twisted lists the CancelledError among its ``reasons``; RequestNotSent
+    has none)."""
     reasons = getattr(failure.value, "reasons", None) or []
-    return failure.check(CancelledError) is not None or any(
-        reason.check(CancelledError) for reason in reasons
-    )
+    return any(reason.check(CancelledError) for reason in reasons)
 
 
 class _QuietClientFactory(web_client._HTTP11ClientFactory):

@@ -30,16 +30,15 @@ def build_root(
     run_blocking=run_here,
     metrics=NO_METRICS,
     health_checks=(),
-    websocket_factory=None,
+    *,
+    websocket_factory,
 ) -> Resource:
-    """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws and
-    incoming.js beside it; /demo/ too when ``demo`` is true; /health, and
-    /metrics unless --metrics-port moves it.  ``websocket_factory``: the
-    UploadFactory behind upload_ws (a new one by default)."""
+    """/incoming/0.1/backend/*, /incoming/0.1/frontend/upload_ws (served by
+    ``websocket_factory``, an UploadFactory) and incoming.js beside it;
+    /demo/ too when ``demo`` is true; /health, and /metrics unless
+    --metrics-port moves it."""
     files = FileCache(run_blocking)
     frontend = Resource()
-    if websocket_factory is None:
-        websocket_factory = UploadFactory(registry, settings, clock, metrics)
     frontend.putChild(b"upload_ws", WebSocketResource(websocket_factory))
     library_files(frontend, files)
     version = Resource()
@@ -72,9 +71,14 @@ def metrics_site(metrics, health_checks=()) -> Site:
     return _site(operations_pages(Resource(), metrics, health_checks))
 
 
-def _site(root: Resource, site_class=Site, *args) -> Site:
-    """A Site that logs without query strings and never shows tracebacks."""
-    site = site_class(root, *args, logFormatter=access_log_line)
+def _site(root: Resource, websocket_factory=None) -> Site:
+    """A Site that logs without query strings and never shows tracebacks;
+    with ``websocket_factory``, upgrades of the upload URL go straight to it
+    (`incoming.ws_route`)."""
+    if websocket_factory is None:
+        site = Site(root, logFormatter=access_log_line)
+    else:
+        site = UploadSite(root, UPLOAD_WS_PATH, websocket_factory, logFormatter=access_log_line)
     site.displayTracebacks = False
     return site
 
@@ -148,6 +152,13 @@ def make_site(
         )
     websocket = UploadFactory(registry, settings, clock, metrics)
     root = build_root(
-        registry, settings, clock, demo, run_blocking, metrics, health_checks, websocket
+        registry,
+        settings,
+        clock,
+        demo,
+        run_blocking,
+        metrics,
+        health_checks,
+        websocket_factory=websocket,
     )
-    return _site(root, UploadSite, UPLOAD_WS_PATH, websocket), registry
+    return _site(root, websocket), registry

@@ -85,8 +85,8 @@ change of meaning is used only with a client that announced it in
                  ack while the next chunk is already arriving and more waits
                  to be read (the client sends faster than the server takes
                  it in), for at most 4 chunks or 50 ms, and sends what it
-                 holds before any other message.  Without the feature every chunk gets its own ack,
-                 as in 0.1.
+                 holds before any other message.  Without the feature every
+                 chunk gets its own ack, as in 0.1.
 """
 
 import json

@@ -226,8 +226,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if getattr(self, "_deadline", None) is not None:
             self._cancel_deadline()
         if getattr(self, "_ack_timer", None) is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
+            self._send_held_acks()  # closing: only stops the timer
         upload = getattr(self, "_upload", None)
         if upload is not None:
             upload.disconnect(self)

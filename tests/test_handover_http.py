@@ -76,11 +76,13 @@ class Backend(Resource):
         reactor.callLater(0.005, self._more, request, pieces + 1)
 
 
-async def with_backend(test, idle_timeout=60.0):
-    backend = Backend()
+async def with_backend(test, idle_timeout=60.0, backend=None, timeout=10.0):
+    """Run ``test(client, base URL, backend)`` against a backend on a
+    loopback port (a `Backend` unless given), handover timeout ``timeout``."""
+    backend = backend if backend is not None else Backend()
     port = reactor.listenTCP(0, Site(backend, timeout=idle_timeout), interface="127.0.0.1")
     http = backend_http(reactor, None)
-    client = BackendClient(http, reactor, 10.0)
+    client = BackendClient(http, reactor, timeout)
     base = f"http://127.0.0.1:{port.getHost().port}"
     try:
         await test(client, base, backend)
@@ -252,19 +254,13 @@ class ClosingBackend(Backend):
 
 @pytest_twisted.ensureDeferred
 async def test_a_kept_connection_the_backend_drops_as_it_is_reused_fails_no_handover():
-    backend = ClosingBackend()
-    port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
-    http = backend_http(reactor, None)
-    client = BackendClient(http, reactor, 10.0)
-    base = f"http://127.0.0.1:{port.getHost().port}/"
-    try:
-        assert await client.hand_over(Ticket(base), "/f", "f.bin", None) == DONE
-        assert await client.hand_over(Ticket(base), "/f", "f.bin", None) == DONE
+    async def test(client, base, backend):
+        assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
+        assert await client.hand_over(Ticket(base + "/"), "/f", "f.bin", None) == DONE
         # the second was dropped on the kept connection, then sent on a new one
         assert sorted(backend.seen.values()) == [1, 2] and len(backend.requests) == 2
-    finally:
-        await port.stopListening()
-        await http.pooled._agent._pool.closeCachedConnections()
+
+    await with_backend(test, backend=ClosingBackend())
 
 
 class FormEcho(Resource):
@@ -325,12 +321,8 @@ async def test_a_handover_that_timed_out_is_not_sent_again():
     """The timeout gives up on the POST; it must not go again on a fresh
     connection behind the server's back (the backend would get a file the
     server has reported as failed)."""
-    backend = Backend()
-    port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
-    http = backend_http(reactor, None)
-    client = BackendClient(http, reactor, 0.3)
-    base = f"http://127.0.0.1:{port.getHost().port}"
-    try:
+
+    async def test(client, base, backend):
         assert await client.hand_over(Ticket(base + "/ok"), "/f", "f.bin", None) == DONE
         handing_over = client.hand_over(Ticket(base + "/hang"), "/f", "f.bin", None)
         handing_over.addTimeout(3, reactor)  # a retried POST nobody times out hangs
@@ -338,6 +330,5 @@ async def test_a_handover_that_timed_out_is_not_sent_again():
             await handing_over
         await deferLater(reactor, 0.5, lambda: None)
         assert [r[1] for r in backend.requests] == [b"/ok", b"/hang"]
-    finally:
-        await port.stopListening()
-        await http.pooled._agent._pool.closeCachedConnections()
+
+    await with_backend(test, timeout=0.3)
