@@ -459,7 +459,8 @@
     // three runs each way): on loopback, where the quickest is 4-6 ms, the
     // earlier thresholds (1.5x + 5 ms to grow, 2x + 20 ms to shrink) held the
     // window near 4 MiB and incoming.js at 0.85-0.90 of a bare WebSocket
-    // sink; these give 0.93-0.98. Through a 50 ms, 20 MB/s link both run at
+    // sink; these give 0.93-0.98 (and 0.81-1.10, median 0.92, over 20 later
+    // runs of the same code). Through a 50 ms, 20 MB/s link both run at
     // 19 MB/s, with median round trips of 128-131 ms against 144-155 ms.
     // The socket's bufferedAmount is left out on purpose: growing while it
     // runs dry was measured (Chromium, one run each way, same page) no
