@@ -65,7 +65,7 @@
     var FEATURES = ["byte-window", "takeover", "fingerprint", "idle-timeout", "batched-acks"];
     var READ_BLOCK = 8 * 1024 * 1024;  // bytes per read of the file (whole chunks)
     var GROW_QUEUE_MS = 30;  // byte window: grows while round trips are within this of the quickest
-    var SHRINK_QUEUE_MS = 60;  // and shrinks when they are this much longer (see _sizeWindow)
+    var SHRINK_QUEUE_MS = 60;  // and shrinks when they are more than this longer (_sizeWindow)
     var MAX_SAMPLE = 64 * 1024;  // most bytes a MsgUploadConf Sample may ask for
     var FIRST_RETRY_S = 0.5;  // first retry after 0.25-0.5 s (jittered)
     var MAX_RETRY_S = 30;
@@ -451,7 +451,7 @@
     // Byte-window mode: grow the window by each ack (doubling per round
     // trip) while round trips stay within GROW_QUEUE_MS of the quickest seen,
     // i.e. while the link is not yet full; shrink it when they exceed it by
-    // SHRINK_QUEUE_MS (a queue is building). Both are added delays, not
+    // more than SHRINK_QUEUE_MS (a queue is building). Both are added delays, not
     // multiples of the quickest: a browser's own pauses between an ack and
     // its next sends (the page's JavaScript, garbage collection, the network
     // thread) are tens of milliseconds on any link, so a window must cover
@@ -461,7 +461,8 @@
     // window near 4 MiB and incoming.js at 0.85-0.90 of a bare WebSocket
     // sink; these give 0.93-0.98 (and 0.81-1.10, median 0.92, over 20 later
     // runs of the same code). Through a 50 ms, 20 MB/s link both run at
-    // 19 MB/s, with median round trips of 128-131 ms against 144-155 ms.
+    // 19 MB/s, with median round trips of 128-131 ms (these) against
+    // 144-155 ms (the earlier ones).
     // The socket's bufferedAmount is left out on purpose: growing while it
     // runs dry was measured (Chromium, one run each way, same page) no
     // faster on loopback (28.2 against 27.8 MB/s) and it bloated a 50 ms,

@@ -1,5 +1,5 @@
 """Fixtures of the real-browser tests: Chromium (Debian's, driven by
-Playwright), the installed `twistd -n incoming`, a threaded test backend
+Playwright; the benchmark's runs without it, bare_chromium.py), the installed `twistd -n incoming`, a threaded test backend
 that also serves the test page, and a TCP proxy a test can cut.
 
 These tests are plain synchronous tests. pytest-twisted runs the Twisted

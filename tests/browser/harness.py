@@ -1,8 +1,8 @@
 """Pieces of the real-browser end-to-end tests.
 
 Everything here runs outside the Twisted reactor: the tests are plain
-synchronous pytest tests that drive Chromium through Playwright's sync API,
-so the Incoming!! server runs as a `twistd -n incoming` subprocess, and the
+synchronous pytest tests that drive Chromium through Playwright's sync API
+(the benchmark through bare_chromium.py), so the Incoming!! server runs as a `twistd -n incoming` subprocess, and the
 test backend and the TCP proxy are stdlib servers on threads.
 """
 

@@ -7,9 +7,9 @@ a user's would.  Prints the medians and their ratios (to the last byte
 confirmed, the sink's measure, and to onfinished: the server's seal and
 the handover, in which the test backend hashes the whole file), and the
 CPU seconds per GiB that Chromium, the sink, the server and this test's
-process (the backend) spent in each; asserts only that every byte arrived (timing belongs to the figures,
-not to a test).  INCOMING_BROWSER_BENCH_MIB sets the size (64 MiB by
-default)."""
+process (the backend) spent in each; asserts only that every byte arrived
+(timing belongs to the figures, not to a test).  INCOMING_BROWSER_BENCH_MIB
+sets the size (64 MiB by default)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.procstat import tree_cpu_seconds
+from bench.procstat import cpu_seconds, tree_cpu_seconds
 
 from .bare_chromium import BareChromium
 from .harness import CHROMIUM, CHROMIUM_ARGS, LIBRARY_PATH, MiB, free_port, write_test_file
@@ -102,15 +102,13 @@ def start_sink(port: int) -> subprocess.Popen:
     return sink
 
 
-def cpu_by_side(server_pid: int, sink_pid: int) -> dict:
-    """CPU seconds so far of the server, the sink, and everything else this
-    test process started (the browser: Chromium and its Playwright driver)."""
-    cpu = tree_cpu_seconds(os.getpid())
-    server = sum(tree_cpu_seconds(server_pid).values())
-    sink = cpu.get(sink_pid, 0.0)
-    test = cpu.pop(os.getpid(), 0.0)  # the test's own process (Playwright's client): neither side
-    return {"server": server, "sink": sink, "browser": sum(cpu.values()) - server - sink,
-            "test": test}
+def cpu_by_side(server_pid: int, sink_pid: int, chromium_pid: int) -> dict:
+    """CPU seconds so far of the server, the sink, the benchmark's Chromium
+    (all its processes) and this test's own process (the backend)."""
+    return {"server": sum(tree_cpu_seconds(server_pid).values()),
+            "sink": sum(tree_cpu_seconds(sink_pid).values()),
+            "browser": sum(tree_cpu_seconds(chromium_pid).values()),
+            "test": cpu_seconds(os.getpid())}
 
 
 @pytest.fixture
@@ -124,7 +122,7 @@ def bench_page(server, backend):
         query = urllib.parse.urlencode({"server": server.host, "library": library})
         page = chromium.open(backend.url(f"/page.html?{query}"))
         page.wait_for("typeof incoming === 'object' && typeof T === 'object'", 30)
-        yield page
+        yield page, chromium.process.pid
     finally:
         chromium.close()
 
@@ -143,16 +141,16 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
     bare_cpu: list[dict] = []  # CPU-s per GiB by side, each round
     ours_cpu: list[dict] = []
     try:
-        page = bench_page
+        page, chromium_pid = bench_page
         page.set_input_files("#files", [str(path)])
         gib = size / (1 << 30)
 
         def spent(before: dict) -> dict:
-            after = cpu_by_side(server.process.pid, sink.pid)
+            after = cpu_by_side(server.process.pid, sink.pid, chromium_pid)
             return {side: (after[side] - before[side]) / gib for side in after}
 
         def send_bare():
-            before = cpu_by_side(server.process.pid, sink.pid)
+            before = cpu_by_side(server.process.pid, sink.pid, chromium_pid)
             sent = page.evaluate(BARE_SEND, [f"ws://127.0.0.1:{port}/", 512 * 1024])
             assert sent["count"] == size, sent
             bare.append(size / sent["seconds"] / 1e6)
@@ -161,7 +159,7 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
 
         def upload():
             ticket = server.new_upload(backend)
-            before = cpu_by_side(server.process.pid, sink.pid)
+            before = cpu_by_side(server.process.pid, sink.pid, chromium_pid)
             uploaded = page.evaluate(LEAN_UPLOAD, ticket)
             assert uploaded["events"] > size // (512 * 1024), uploaded  # it went in chunks
             assert 0 < uploaded["sent"] <= uploaded["seconds"], uploaded
@@ -200,8 +198,8 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
     print(f"CPU-s per GiB, medians: the bare loop: browser {median_cpu(bare_cpu, 'browser'):.1f}, "
           f"sink {median_cpu(bare_cpu, 'sink'):.1f}; incoming.js (to onfinished): browser "
           f"{median_cpu(ours_cpu, 'browser'):.1f}, server {median_cpu(ours_cpu, 'server'):.1f}; "
-          f"this test's process: {median_cpu(bare_cpu, 'test'):.1f} and "
-          f"{median_cpu(ours_cpu, 'test'):.1f}")
+          f"this test's process (the backend): {median_cpu(bare_cpu, 'test'):.1f} in the bare "
+          f"loop's rounds, {median_cpu(ours_cpu, 'test'):.1f} in incoming.js's")
     print(f"to the first chunk sent, median ms: the bare loop "
           f"{statistics.median(setups['bare']) * 1000:.1f}, incoming.js "
           f"{statistics.median(setups['ours']) * 1000:.1f}")

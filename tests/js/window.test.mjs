@@ -1,9 +1,9 @@
 // How much the library keeps in flight (docs/javascript-api.md, "The byte
 // window"): against a 0.1 server (no WindowBytes) at most SendAhead chunks;
 // with WindowBytes a window of bytes that starts at SendAhead chunks, grows
-// by each confirmed chunk while round trips stay near the shortest one seen,
-// shrinks by a tenth when they grow markedly, and stays between SendAhead
-// chunks and WindowBytes.
+// by each confirmed chunk while round trips stay within 30 ms of the
+// shortest one seen, shrinks by a tenth when they are more than 60 ms above
+// it, and stays between SendAhead chunks and WindowBytes.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -106,7 +106,7 @@ test("byte window: the bytes in flight never exceed WindowBytes, chunks never ex
     // Quick round trips fill it up to the last whole chunk below WindowBytes.
     assert.deepEqual(await rounds(page, ws, 10, 5), [4, 8, 9, 9, 9].map((k) => k * KiB));
     // Then mixed round trips, acked one by one: checked after every ack.
-    const inFlight = await serveLink(page, ws, (i) => [10, 12, 9, 30, 11, 60][i % 6], 300);
+    const inFlight = await serveLink(page, ws, (i) => [10, 12, 9, 30, 11, 100][i % 6], 300);
     assert.equal(inFlight.length, 300);
     assert.ok(Math.max(...inFlight) <= window, `${Math.max(...inFlight)} bytes in flight`);
     assert.ok(ws.chunks().every((c) => c.length <= KiB));
@@ -130,7 +130,20 @@ test("byte window: round trips up to 30 ms above the shortest still grow it (a b
     assert.deepEqual(await rounds(page, ws, 5, 2), [8 * KiB, 16 * KiB]);
     // On loopback the shortest is a few ms, and a page's garbage collection
     // or a busy network thread adds tens: the window keeps growing.
-    assert.deepEqual(await rounds(page, ws, 33, 3), [32 * KiB, 64 * KiB, 64 * KiB]);
+    assert.deepEqual(await rounds(page, ws, 35, 3), [32 * KiB, 64 * KiB, 64 * KiB]);
+});
+
+test("byte window: the thresholds' edges (grow at +30 ms, hold at +31 and +60, shrink at +61)", async () => {
+    const { page, ws } = await started(MiB, {
+        FilePos: 0, ChunkSizeKB: 1, SendAhead: 4, WindowBytes: 64 * KiB,
+    });
+    assert.deepEqual(await rounds(page, ws, 10, 1), [8 * KiB]);  // the shortest: 10 ms
+    assert.deepEqual(await rounds(page, ws, 40, 1), [16 * KiB]);
+    assert.deepEqual(await rounds(page, ws, 41, 1), [16 * KiB]);
+    assert.deepEqual(await rounds(page, ws, 70, 1), [16 * KiB]);
+    // Above: each of the 16 acks takes a tenth off (down to SendAhead chunks).
+    const after = await rounds(page, ws, 71, 1);
+    assert.ok(after[0] < 16 * KiB, `${after[0]} bytes in flight`);
 });
 
 /** What the documented sizing predicts for the bytes in flight after each of
