@@ -4,7 +4,9 @@ data store when the stream could not (after a restart).
 
 Small chunks are hashed on the reactor thread (tens of µs, cheaper than a
 thread trip).  Larger ones are too, up to `INLINE_HASH_RATE` bytes a second
-for the whole process (one browser's 30-60 MB/s fits): a trip to an idle
+for the whole process (a browser under Playwright sent 30-60 MB/s, which
+fits; one that no driver watches sends 110-170 MB/s on loopback here, and
+about half of its chunks go to the pool): a trip to an idle
 storage thread and back wakes two threads and hands the GIL over, which
 cost 2.4 CPU-s per GiB of 512 KiB chunks on our 2-core VM against 0.65 for
 the hashing itself (one Chromium upload: the server's 6.8 CPU-s/GiB fell
