@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import time
-import urllib.parse
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, LIBRARY_PATH, Backend, IncomingServer, TcpProxy
+from .harness import CHROMIUM, CHROMIUM_ARGS, PAGE_LOADED, Backend, IncomingServer, TcpProxy
 
 
 def diagnose(request, title, text):
@@ -121,15 +120,14 @@ def open_page(request, browser, backend, server):
     def open_(host: str | None = None, page_server: Backend | None = None) -> BrowserPage:
         host = host or server.host
         page_server = page_server or backend
-        library = f"{page_server.scheme}://{host}{LIBRARY_PATH}"  # as api.md tells web apps
+        url, library = page_server.test_page(host)
         context = browser.new_context(ignore_https_errors=page_server.scheme == "https")
         contexts.append(context)
         page = context.new_page()
         page.on("console", lambda m: console.append(f"console.{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"page error: {e}"))
-        query = urllib.parse.urlencode({"server": host, "library": library})
-        page.goto(page_server.url(f"/page.html?{query}"))
-        assert page.evaluate("() => typeof incoming === 'object' && typeof T === 'object'"), (
+        page.goto(url)
+        assert page.evaluate(f"() => {PAGE_LOADED}"), (
             f"incoming.js did not load from {library}: {console}")
         return BrowserPage(page)
 

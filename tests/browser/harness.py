@@ -44,6 +44,8 @@ CHROMIUM_ARGS = [
 ]
 
 MiB = 1 << 20
+# True on the test page once incoming.js and the page's own script have run.
+PAGE_LOADED = "typeof incoming === 'object' && typeof T === 'object'"
 
 
 def free_port() -> int:
@@ -219,6 +221,14 @@ class Backend:
 
     def url(self, path: str) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+
+    def test_page(self, host: str) -> tuple[str, str]:
+        """(URL of the test page, URL of the incoming.js it loads): the page
+        loads the library from `host` and uploads there, as api.md tells
+        web apps (over https when this backend serves https)."""
+        library = f"{self.scheme}://{host}{LIBRARY_PATH}"
+        query = urllib.parse.urlencode({"server": host, "library": library})
+        return self.url(f"/page.html?{query}"), library
 
     def stop(self):
         self._httpd.shutdown()

@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from bench.procstat import cpu_seconds, tree_cpu_seconds
 
 from .bare_chromium import BareChromium
-from .harness import CHROMIUM, CHROMIUM_ARGS, LIBRARY_PATH, MiB, free_port, write_test_file
+from .harness import CHROMIUM, CHROMIUM_ARGS, PAGE_LOADED, MiB, free_port, write_test_file
 from .test_browser_uploads import assert_handed_over
 
 # The page's side of the sink: read the file in 8 MiB blocks (as incoming.js
@@ -118,10 +117,8 @@ def bench_page(server, backend):
     sending itself, on the same two cores)."""
     chromium = BareChromium(CHROMIUM, CHROMIUM_ARGS)
     try:
-        library = f"{backend.scheme}://{server.host}{LIBRARY_PATH}"
-        query = urllib.parse.urlencode({"server": server.host, "library": library})
-        page = chromium.open(backend.url(f"/page.html?{query}"))
-        page.wait_for("typeof incoming === 'object' && typeof T === 'object'", 30)
+        page = chromium.open(backend.test_page(server.host)[0])
+        page.wait_for(PAGE_LOADED, 30)
         yield page, chromium.process.pid
     finally:
         chromium.close()
