@@ -460,7 +460,10 @@
     // earlier thresholds (1.5x + 5 ms to grow, 2x + 20 ms to shrink) held the
     // window near 4 MiB and incoming.js at 0.85-0.90 of a bare WebSocket
     // sink; these give 0.93-0.98 (and 0.81-1.10, median 0.92, over 20 later
-    // runs of the same code). Through a 50 ms, 20 MB/s link both run at
+    // runs of the same code). Doubling both (60 and 120 ms) held twice the
+    // bytes in flight (15-21 MiB against 8-10) and was no faster (0.94 and
+    // 1.05 against 1.01 and 0.98): the window is not what limits there.
+    // Through a 50 ms, 20 MB/s link both run at
     // 19 MB/s, with median round trips of 128-131 ms (these) against
     // 144-155 ms (the earlier ones).
     // The socket's bufferedAmount is left out on purpose: growing while it

@@ -63,8 +63,12 @@ def browser():
 
 @pytest.fixture(scope="package")
 def incoming_server(tmp_path_factory):
-    """`twistd -n incoming` with its defaults (512 KiB chunks, 4 ahead)."""
-    server = IncomingServer(tmp_path_factory.mktemp("incoming"))
+    """`twistd -n incoming` with its defaults (512 KiB chunks, 4 ahead), and
+    the options in INCOMING_BROWSER_SERVER_ARGS if set (for measuring, e.g.
+    "--digest none --fsync none" in the benchmark: what the server's CPU
+    and syncs cost the browser)."""
+    extra = os.environ.get("INCOMING_BROWSER_SERVER_ARGS", "").split()
+    server = IncomingServer(tmp_path_factory.mktemp("incoming"), *extra)
     try:
         server.wait_ready()
         yield server
