@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 
 import pytest
@@ -67,7 +68,7 @@ def incoming_server(tmp_path_factory):
     the options in INCOMING_BROWSER_SERVER_ARGS if set (for measuring, e.g.
     "--digest none --fsync none" in the benchmark: what the server's CPU
     and syncs cost the browser)."""
-    extra = os.environ.get("INCOMING_BROWSER_SERVER_ARGS", "").split()
+    extra = shlex.split(os.environ.get("INCOMING_BROWSER_SERVER_ARGS", ""))
     server = IncomingServer(tmp_path_factory.mktemp("incoming"), *extra)
     try:
         server.wait_ready()

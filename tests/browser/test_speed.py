@@ -89,8 +89,8 @@ LEAN_UPLOAD = """async (ticket) => {
             setup: (first - started) / 1000};
 }"""
 
-# Rounds (INCOMING_BROWSER_BENCH_ROUNDS, 10 by default; the figure in the
-# changelog is of 40: single rounds of 256 MiB range from 0.65 to 1.45 here,
+# Rounds (INCOMING_BROWSER_BENCH_ROUNDS, 10 by default; 40 for a steadier
+# figure: single rounds of 256 MiB range from 0.65 to 1.45 here,
 # and the median of 10 moves by +-0.05 from run to run) after one warm-up
 # round of each, not counted (the first read
 # of the file and the first socket are slower).  The bare loop goes first in
@@ -133,7 +133,8 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
     (in turns first); the medians."""
     mib = int(os.environ.get("INCOMING_BROWSER_BENCH_MIB", "64"))
     rounds = int(os.environ.get("INCOMING_BROWSER_BENCH_ROUNDS", "10"))
-    assert rounds >= 2 and rounds % 2 == 0, "INCOMING_BROWSER_BENCH_ROUNDS: an even count, 2 or more"
+    assert rounds >= 2 and rounds % 2 == 0, (
+        "INCOMING_BROWSER_BENCH_ROUNDS: an even count, 2 or more")
     size = mib * MiB
     path = tmp_path / "bench.bin"
     sha = write_test_file(path, size)
@@ -186,7 +187,7 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
     sink_mbps, ours_mbps = statistics.median(bare), statistics.median(ours)
     whole_mbps = statistics.median(whole)
     ratios = [o / b for o, b in zip(ours, bare, strict=True)]  # each round's pair
-    quartiles = statistics.quantiles(ratios, n=4)
+    quartiles = statistics.quantiles(ratios, n=4)  # the first quartile, the median, the third
     print(f"\n{mib} MiB from Chromium, medians of {rounds} alternating rounds after a warm-up: "
           f"bare WebSocket "
           f"sink {sink_mbps:.1f} MB/s, incoming.js to the last confirmation {ours_mbps:.1f} MB/s "
@@ -194,12 +195,12 @@ def test_incoming_js_against_a_bare_websocket_sink(tmp_path, server, backend, be
           f"{whole_mbps:.1f} MB/s ({whole_mbps / sink_mbps:.2f}x); rounds: sink "
           f"{[round(x, 1) for x in bare]}, incoming.js {[round(x, 1) for x in ours]}, "
           f"to onfinished {[round(x, 1) for x in whole]}; each round's ratio (to the last "
-          f"confirmation) {[round(r, 2) for r in ratios]}, their median {statistics.median(ratios):.2f} "
+          f"confirmation) {[round(r, 2) for r in ratios]}, their median {quartiles[1]:.2f} "
           f"and quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}; "
           f"at {time.strftime('%H:%M:%S')}")
 
-    def median_cpu(rounds: list, side: str) -> float:
-        return statistics.median(r[side] for r in rounds)
+    def median_cpu(measured: list, side: str) -> float:
+        return statistics.median(r[side] for r in measured)
 
     print(f"CPU-s per GiB, medians: the bare loop: browser {median_cpu(bare_cpu, 'browser'):.1f}, "
           f"sink {median_cpu(bare_cpu, 'sink'):.1f}; incoming.js (to onfinished): browser "
